@@ -1,0 +1,17 @@
+# LongRoPE2 pipeline. Default experiment: config/config.yaml; others: --configfile config/experiments/X.yaml
+from snakemake.utils import min_version
+
+min_version("9.20")
+
+
+configfile: "config/config.yaml"
+
+
+include: "rules/common.smk"
+include: "rules/analysis.smk"
+
+
+rule all:
+    default_target: True
+    input:
+        all_targets(),

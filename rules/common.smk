@@ -1,0 +1,59 @@
+# Helpers shared by the .smk files: config validation, paths, the stage command line.
+import os
+import sys
+from pathlib import Path
+
+# Rules call the `longrope2` console script; put the interpreter running Snakemake first on PATH so an
+# un-activated virtualenv (.venv/bin/snakemake) works too.
+os.environ.update(
+    PATH=os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
+)
+
+try:
+    from longrope2 import config as lr2config
+    from longrope2.errors import ConfigError
+except ImportError as e:
+    raise WorkflowError(
+        f"the longrope2 package is not importable ({e}); run `bash install.sh` and use .venv/bin/snakemake"
+    )
+
+
+def _config_files():
+    """The config files the stage CLIs read: the workflow default first, then --configfile ones, in order."""
+    default = "config/config.yaml"
+    extra = [
+        str(f)
+        for f in workflow.configfiles
+        if os.path.abspath(f) != os.path.abspath(default)
+    ]
+    return [default] + extra
+
+
+CONFIG_FILES = _config_files()
+try:
+    lr2config.validate(config)
+    if lr2config.load(CONFIG_FILES) != config:
+        raise ConfigError(
+            "--config",
+            "overrides given on the command line are not seen by the stage CLIs; put them in a file "
+            "and pass it with --configfile",
+        )
+except ConfigError as e:
+    raise WorkflowError(f"invalid config: {e}")
+
+EXP = config["experiment"]["name"]
+RESULTS = Path("results") / EXP
+LOGS = Path("logs") / EXP
+BENCH = Path("benchmarks") / "runs" / EXP
+
+
+def stage_cmd(stage):
+    """The exact command a researcher can run by hand for a stage (output folder appended by the rule)."""
+    return f"longrope2 {stage} --config {' '.join(CONFIG_FILES)}"
+
+
+def all_targets():
+    return [
+        RESULTS / "critical_dims" / "critical_dims.json",
+        RESULTS / "critical_dims" / "critical_dims.png",
+    ]

@@ -1,0 +1,547 @@
+"""The one place in the project that computes RoPE frequencies and rescale factors.
+
+Conventions (see shared/reference/LONGROPE2.md): ``d`` is the rotary dimension of one head, pair
+``i = 0 .. d/2-1`` has frequency ``theta_i = b^(-2i/d)``, and a per-pair factor ``lambda_i`` *divides*
+that frequency (``theta'_i = theta_i / lambda_i``) -- the same convention as HF's ``longrope`` factors.
+
+Every method is one function with the signature ``fn(geometry, target_length, **params) -> RopeScaling``
+(the ``METHODS`` registry), mirroring transformers' ``ROPE_INIT_FUNCTIONS``. A ``RopeScaling`` knows its
+short/long factors, its attention factor, the HF ``rope_parameters`` a checkpoint needs, and can be
+applied in place to a loaded model so later stages swap candidates without reloading weights.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+
+from .errors import ConfigError
+
+# --------------------------------------------------------------------------------------------------
+# Geometry
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RopeGeometry:
+    """What RoPE scaling depends on: rotary dim (head_dim x partial_rotary_factor), base, L0."""
+
+    head_dim: int
+    rope_base: float
+    original_length: int
+    partial_rotary_factor: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.head_dim <= 0 or self.head_dim % 2:
+            raise ConfigError("model.geometry.head_dim", f"must be a positive even integer, got {self.head_dim}")
+        if self.rope_base <= 1:
+            raise ConfigError("model.geometry.rope_base", f"must be > 1, got {self.rope_base}")
+        if self.original_length < 8:
+            raise ConfigError("model.geometry.original_length", f"must be >= 8, got {self.original_length}")
+        if not 0 < self.partial_rotary_factor <= 1:
+            raise ConfigError(
+                "model.geometry.partial_rotary_factor", f"must be in (0, 1], got {self.partial_rotary_factor}"
+            )
+        if self.rotary_dim % 2 or self.rotary_dim == 0:
+            raise ConfigError(
+                "model.geometry.partial_rotary_factor",
+                f"head_dim x partial_rotary_factor must be a positive even integer, got {self.rotary_dim}",
+            )
+
+    @property
+    def rotary_dim(self) -> int:
+        # int() truncation is what transformers does
+        return int(self.head_dim * self.partial_rotary_factor)
+
+    @property
+    def n_pairs(self) -> int:
+        return self.rotary_dim // 2
+
+    @classmethod
+    def from_mapping(cls, m: Mapping[str, Any]) -> "RopeGeometry":
+        return cls(
+            head_dim=int(m["head_dim"]),
+            rope_base=float(m["rope_base"]),
+            original_length=int(m["original_length"]),
+            partial_rotary_factor=float(m.get("partial_rotary_factor", 1.0)),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "head_dim": self.head_dim,
+            "rope_base": self.rope_base,
+            "original_length": self.original_length,
+            "partial_rotary_factor": self.partial_rotary_factor,
+            "rotary_dim": self.rotary_dim,
+        }
+
+    @classmethod
+    def from_hf_config(cls, config: Any, original_length: int | None = None) -> "RopeGeometry":
+        """Read the geometry from a transformers config (object or config.json dict).
+
+        Handles v5 ``rope_parameters`` and the older ``rope_theta``/``rope_scaling`` keys. L0 is, in
+        order: the explicit argument, ``original_max_position_embeddings`` (top level or in the rope
+        parameters), ``max_position_embeddings``.
+        """
+        get = config.get if isinstance(config, Mapping) else (lambda k, d=None: getattr(config, k, d))
+        if get("model_type") in {"gpt2", "bert", "opt", "bloom", "gpt_bigcode"} or (
+            get("rope_parameters") is None and get("rope_theta") is None and get("rope_scaling") is None
+            and get("model_type") not in {"llama", "mistral", "qwen2", "phi3"}
+        ):
+            raise ConfigError(
+                "model", f"model_type {get('model_type')!r} has no rotary position embedding; use a RoPE model "
+                "(llama, mistral, qwen2, phi3, ...)"
+            )
+        rp = get("rope_parameters") or get("rope_scaling") or {}
+        if isinstance(rp, Mapping) and rp and all(isinstance(v, Mapping) for v in rp.values()):
+            raise ConfigError("model", "per-layer-type rope_parameters (e.g. Gemma sliding/full) are not supported")
+        base = rp.get("rope_theta", get("rope_theta", 10000.0))
+        prf = rp.get("partial_rotary_factor", get("partial_rotary_factor", None))
+        if prf is None:
+            prf = 1.0
+        head_dim = get("head_dim") or get("hidden_size") // get("num_attention_heads")
+        l0 = (
+            original_length
+            or get("original_max_position_embeddings")
+            or rp.get("original_max_position_embeddings")
+            or get("max_position_embeddings")
+        )
+        return cls(int(head_dim), float(base), int(l0), float(prf))
+
+
+# --------------------------------------------------------------------------------------------------
+# Periods and critical dimensions
+# --------------------------------------------------------------------------------------------------
+
+
+def pair_exponents(geom: RopeGeometry) -> np.ndarray:
+    """2i/d for every pair, the exponent of the base in the period."""
+    return np.arange(0, geom.rotary_dim, 2, dtype=np.float64) / geom.rotary_dim
+
+
+def periods(geom: RopeGeometry) -> np.ndarray:
+    """T_i = 2*pi * b^(2i/d): tokens per full rotation of pair i."""
+    return 2 * math.pi * geom.rope_base ** pair_exponents(geom)
+
+
+def rotations(geom: RopeGeometry, length: int, factors: Sequence[float] | None = None) -> np.ndarray:
+    """Full rotations of each pair inside ``length`` tokens (after dividing frequencies by ``factors``)."""
+    lam = np.ones(geom.n_pairs) if factors is None else np.asarray(factors, dtype=np.float64)
+    return length / (periods(geom) * lam)
+
+
+def _critical(geom: RopeGeometry, min_rotations: float) -> int:
+    x = (geom.rotary_dim / 2) * math.log(geom.original_length / (2 * math.pi * min_rotations)) / math.log(geom.rope_base)
+    return int(min(max(math.ceil(x - 1e-9), 0), geom.n_pairs))
+
+
+def critical_dim(geom: RopeGeometry) -> int:
+    """d_tcd: the first pair whose period exceeds L0 (it never completed a rotation in pre-training)."""
+    return _critical(geom, 1.0)
+
+
+def critical_dim_10(geom: RopeGeometry) -> int:
+    """d10_tcd: the first pair with fewer than 10 rotations inside L0; lower end of the d_rcd search."""
+    return _critical(geom, 10.0)
+
+
+def continuous_critical_dim(geom: RopeGeometry) -> float:
+    """The (fractional) pair index whose period equals L0 exactly; the anchor of critical-dim NTK."""
+    return (geom.rotary_dim / 2) * math.log(geom.original_length / (2 * math.pi)) / math.log(geom.rope_base)
+
+
+def scale_factor(geom: RopeGeometry, target_length: int) -> float:
+    if target_length <= geom.original_length:
+        raise ConfigError(
+            "extension.target_length",
+            f"must be above the original window L0={geom.original_length}, got {target_length}",
+        )
+    return target_length / geom.original_length
+
+
+def ood_bound_ok(geom: RopeGeometry, target_length: int, factors: Sequence[float]) -> bool:
+    """The OOD bound: every pair at/above d_tcd must be rescaled by at least s."""
+    s = scale_factor(geom, target_length)
+    lam = np.asarray(factors)
+    return bool(np.all(lam[critical_dim(geom):] >= s - 1e-9))
+
+
+def longrope_attention_factor(geom: RopeGeometry, target_length: int) -> float:
+    """sqrt(1 + ln(s)/ln(L0)), the factor HF ``longrope`` uses by default."""
+    s = scale_factor(geom, target_length)
+    return math.sqrt(1 + math.log(s) / math.log(geom.original_length))
+
+
+def yarn_attention_factor(s: float) -> float:
+    return 0.1 * math.log(s) + 1.0 if s > 1 else 1.0
+
+
+# --------------------------------------------------------------------------------------------------
+# Scaling result
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class RopeScaling:
+    """Short/long per-pair factors plus attention factor: everything needed to evaluate or export."""
+
+    method: str
+    geometry: RopeGeometry
+    target_length: int
+    long_factor: np.ndarray
+    short_factor: np.ndarray
+    attention_factor: float = 1.0
+    hf_rope_parameters: dict[str, Any] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def switches(self) -> bool:
+        """True when short and long factors differ, i.e. the model switches at L0 like HF longrope."""
+        return not np.allclose(self.long_factor, self.short_factor, rtol=0, atol=0)
+
+    def factors_for_length(self, length: int) -> np.ndarray:
+        # HF selects long factors when max(position_ids)+1 > original_max_position_embeddings
+        return self.long_factor if length > self.geometry.original_length else self.short_factor
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "method": self.method,
+            "target_length": self.target_length,
+            "scale": self.target_length / self.geometry.original_length,
+            "geometry": self.geometry.to_dict(),
+            "long_factor": [float(x) for x in self.long_factor],
+            "short_factor": [float(x) for x in self.short_factor],
+            "attention_factor": float(self.attention_factor),
+            "hf_rope_parameters": self.hf_rope_parameters,
+            **self.extra,
+        }
+
+
+def _scaling(method, geom, target, long_factor, short_factor=None, attention_factor=1.0, hf=None, **extra):
+    long_factor = np.asarray(long_factor, dtype=np.float64)
+    if long_factor.shape != (geom.n_pairs,):
+        raise ConfigError("factors", f"need {geom.n_pairs} per-pair factors, got {long_factor.shape[0]}")
+    short = np.ones(geom.n_pairs) if short_factor is None else np.asarray(short_factor, dtype=np.float64)
+    params = {"rope_theta": geom.rope_base, **(hf or {})}
+    if geom.partial_rotary_factor != 1.0:
+        params["partial_rotary_factor"] = geom.partial_rotary_factor
+    return RopeScaling(method, geom, int(target), long_factor, short, float(attention_factor), params, extra)
+
+
+# --------------------------------------------------------------------------------------------------
+# Methods: one function each, same signature
+# --------------------------------------------------------------------------------------------------
+
+
+def none(geom: RopeGeometry, target_length: int, **_: Any) -> RopeScaling:
+    """The original RoPE, no scaling (extrapolation baseline)."""
+    ones = np.ones(geom.n_pairs)
+    return _scaling("none", geom, target_length, ones, ones, 1.0, {"rope_type": "default"})
+
+
+def pi(geom: RopeGeometry, target_length: int, **_: Any) -> RopeScaling:
+    """Position interpolation: every pair divided by s; HF ``linear``."""
+    s = scale_factor(geom, target_length)
+    lam = np.full(geom.n_pairs, s)
+    return _scaling("pi", geom, target_length, lam, lam, 1.0, {"rope_type": "linear", "factor": s})
+
+
+def _new_base(geom: RopeGeometry, target_length: int, method: str, lam: np.ndarray, new_base: float, **extra):
+    # A new base is exactly representable in a stock config: rope_type default, rope_theta = b'
+    s = _scaling(method, geom, target_length, lam, lam, 1.0, {"rope_type": "default"}, new_base=new_base, **extra)
+    s.hf_rope_parameters["rope_theta"] = new_base
+    return s
+
+
+def ntk_static(geom: RopeGeometry, target_length: int, **_: Any) -> RopeScaling:
+    """NTK-aware static: b' = b * s^(d/(d-2)), i.e. lambda_i = s^(2i/(d-2))."""
+    s = scale_factor(geom, target_length)
+    d = geom.rotary_dim
+    new_base = geom.rope_base * s ** (d / (d - 2))
+    return _new_base(geom, target_length, "ntk_static", (new_base / geom.rope_base) ** pair_exponents(geom), new_base)
+
+
+def ntk(geom: RopeGeometry, target_length: int, **_: Any) -> RopeScaling:
+    """Critical-dimension NTK (the LongRoPE2 paper's "NTK"): the pair whose period is L0 gets period L.
+
+    b_ntk = b^(ln(L/2pi)/ln(L0/2pi)), lambda_i = (b_ntk/b)^(2i/d).
+    """
+    scale_factor(geom, target_length)
+    expo = math.log(target_length / (2 * math.pi)) / math.log(geom.original_length / (2 * math.pi))
+    new_base = geom.rope_base**expo
+    return _new_base(geom, target_length, "ntk", (new_base / geom.rope_base) ** pair_exponents(geom), new_base)
+
+
+def ntk_below(geom: RopeGeometry, d_rcd: int, anchor_factor: float) -> np.ndarray:
+    """NTK fill below the critical pair: lambda_i = anchor^(i/d_rcd), i < d_rcd (LongRoPE2 §3.2)."""
+    i = np.arange(d_rcd, dtype=np.float64)
+    return anchor_factor ** (i / d_rcd) if d_rcd > 0 else i
+
+
+def _check_rcd(geom: RopeGeometry, d_rcd: int) -> int:
+    if not 1 <= int(d_rcd) <= geom.n_pairs - 1:
+        raise ConfigError("d_rcd", f"must be in [1, {geom.n_pairs - 1}] for {geom.n_pairs} pairs, got {d_rcd}")
+    return int(d_rcd)
+
+
+def ntk_rcd(geom: RopeGeometry, target_length: int, d_rcd: int, **_: Any) -> RopeScaling:
+    """Critical-dimension NTK anchored at the (searched) real critical dimension: lambda_{d_rcd} = s."""
+    s = scale_factor(geom, target_length)
+    d_rcd = _check_rcd(geom, d_rcd)
+    new_base = geom.rope_base * s ** (geom.rotary_dim / (2 * d_rcd))
+    lam = (new_base / geom.rope_base) ** pair_exponents(geom)
+    return _new_base(geom, target_length, "ntk_rcd", lam, new_base, d_rcd=d_rcd)
+
+
+def _yarn_ramp(geom: RopeGeometry, beta_fast: float, beta_slow: float, truncate: bool) -> np.ndarray:
+    """1 where a pair is interpolated (divided by s), 0 where it is extrapolated, linear between.
+
+    Computed in the dimension space exactly as transformers' yarn (floor/ceil when ``truncate``).
+    """
+    d, b, l0 = geom.rotary_dim, geom.rope_base, geom.original_length
+
+    def corr(n_rot: float) -> float:
+        return (d * math.log(l0 / (n_rot * 2 * math.pi))) / (2 * math.log(b))
+
+    low, high = corr(beta_fast), corr(beta_slow)
+    if truncate:
+        low, high = math.floor(low), math.ceil(high)
+    low, high = max(low, 0), min(high, d - 1)
+    if low == high:
+        high += 0.001
+    return np.clip((np.arange(geom.n_pairs, dtype=np.float64) - low) / (high - low), 0, 1)
+
+
+def yarn(
+    geom: RopeGeometry,
+    target_length: int,
+    beta_fast: float = 32.0,
+    beta_slow: float = 1.0,
+    truncate: bool = True,
+    **_: Any,
+) -> RopeScaling:
+    """YaRN: ramp between extrapolation (fast pairs) and PI (slow pairs), temperature 0.1 ln s + 1."""
+    s = scale_factor(geom, target_length)
+    ramp = _yarn_ramp(geom, beta_fast, beta_slow, truncate)
+    # theta' = theta * ((1-ramp) + ramp/s)  =>  lambda = 1 / ((1-ramp) + ramp/s)
+    lam = 1.0 / ((1.0 - ramp) + ramp / s)
+    hf = {
+        "rope_type": "yarn",
+        "factor": s,
+        "original_max_position_embeddings": geom.original_length,
+        "beta_fast": beta_fast,
+        "beta_slow": beta_slow,
+    }
+    if not truncate:
+        hf["truncate"] = False
+    return _scaling("yarn", geom, target_length, lam, lam, yarn_attention_factor(s), hf)
+
+
+def yarn_rcd(geom: RopeGeometry, target_length: int, d_rcd: int, **_: Any) -> RopeScaling:
+    """YaRN whose interpolation ramp ends at the real critical dimension (pairs >= d_rcd get s).
+
+    Chosen so that pair d_rcd rotates once inside L0 (beta_slow) while the fast boundary stays at 32
+    rotations: beta_slow = L0 / T_{d_rcd}.
+    """
+    d_rcd = _check_rcd(geom, d_rcd)
+    beta_slow = float(geom.original_length / periods(geom)[d_rcd])
+    out = yarn(geom, target_length, beta_fast=32.0, beta_slow=beta_slow, truncate=False)
+    out.method = "yarn_rcd"
+    out.extra["d_rcd"] = d_rcd
+    return out
+
+
+def _longrope_export(geom: RopeGeometry, target_length: int, attention_factor: float, long, short) -> dict:
+    return {
+        "rope_type": "longrope",
+        "factor": target_length / geom.original_length,
+        "original_max_position_embeddings": geom.original_length,
+        "attention_factor": attention_factor,
+        "long_factor": [float(x) for x in long],
+        "short_factor": [float(x) for x in short],
+    }
+
+
+def longrope(
+    geom: RopeGeometry,
+    target_length: int,
+    long_factor: Sequence[float] | None = None,
+    short_factor: Sequence[float] | None = None,
+    **_: Any,
+) -> RopeScaling:
+    """LongRoPE (v1) parametrisation: free monotone per-pair factors in [1, 1.25 s] (searched on plain PPL).
+
+    Without ``long_factor`` it returns PI as the neutral starting point. The v1 ``n_hat`` un-interpolated
+    initial tokens have no stock-transformers equivalent and are not modelled.
+    """
+    s = scale_factor(geom, target_length)
+    lam = np.full(geom.n_pairs, s) if long_factor is None else np.asarray(long_factor, dtype=np.float64)
+    short = np.ones(geom.n_pairs) if short_factor is None else np.asarray(short_factor, dtype=np.float64)
+    af = longrope_attention_factor(geom, target_length)
+    return _scaling("longrope", geom, target_length, lam, short, af, _longrope_export(geom, target_length, af, lam, short))
+
+
+def longrope2_factors(geom: RopeGeometry, d_rcd: int, high_factors: Sequence[float]) -> np.ndarray:
+    """Full factor vector of a LongRoPE2 candidate: searched pairs >= d_rcd, NTK fill below."""
+    d_rcd = _check_rcd(geom, d_rcd)
+    high = np.asarray(high_factors, dtype=np.float64)
+    if high.shape != (geom.n_pairs - d_rcd,):
+        raise ConfigError("long_factor", f"need {geom.n_pairs - d_rcd} factors for pairs >= {d_rcd}, got {high.shape[0]}")
+    return np.concatenate([ntk_below(geom, d_rcd, float(high[0])), high])
+
+
+def longrope2(
+    geom: RopeGeometry,
+    target_length: int,
+    d_rcd: int | None = None,
+    high_factors: Sequence[float] | None = None,
+    **_: Any,
+) -> RopeScaling:
+    """LongRoPE2: pairs >= d_rcd take searched factors in [s, 2s]; pairs below follow NTK anchored there.
+
+    Short factors are 1 (original RoPE inside L0), attention factor sqrt(1 + ln s / ln L0). Without
+    arguments it returns the search's natural seed: d_rcd = d_tcd, all high pairs = s.
+    """
+    s = scale_factor(geom, target_length)
+    d_rcd = critical_dim(geom) if d_rcd is None else d_rcd
+    if high_factors is None:
+        high_factors = np.full(geom.n_pairs - d_rcd, s)
+    lam = longrope2_factors(geom, d_rcd, high_factors)
+    short = np.ones(geom.n_pairs)
+    af = longrope_attention_factor(geom, target_length)
+    return _scaling(
+        "longrope2", geom, target_length, lam, short, af, _longrope_export(geom, target_length, af, lam, short), d_rcd=int(d_rcd)
+    )
+
+
+METHODS: dict[str, Callable[..., RopeScaling]] = {
+    "none": none,
+    "pi": pi,
+    "ntk_static": ntk_static,
+    "ntk": ntk,
+    "ntk_rcd": ntk_rcd,
+    "yarn": yarn,
+    "yarn_rcd": yarn_rcd,
+    "longrope": longrope,
+    "longrope2": longrope2,
+}
+
+#: methods whose factors need no search (they can be computed from the geometry alone)
+TRAINING_FREE_BASELINES = ("pi", "ntk_static", "ntk", "yarn")
+
+
+def get_method(name: str) -> Callable[..., RopeScaling]:
+    if name not in METHODS:
+        raise ConfigError("method", f"unknown method {name!r}; allowed: {', '.join(METHODS)}")
+    return METHODS[name]
+
+
+def from_hf_rope_parameters(geom: RopeGeometry, params: Mapping[str, Any], target_length: int | None = None) -> RopeScaling:
+    """Rebuild a RopeScaling from a checkpoint's rope parameters (the inverse of the export)."""
+    rope_type = params.get("rope_type", params.get("type", "default"))
+    base = float(params.get("rope_theta", geom.rope_base))
+    if rope_type == "longrope":
+        target = target_length or int(round(params["factor"] * geom.original_length))
+        out = longrope(geom, target, params["long_factor"], params["short_factor"])
+        if params.get("attention_factor") is not None:
+            out.attention_factor = float(params["attention_factor"])
+            out.hf_rope_parameters["attention_factor"] = out.attention_factor
+        return out
+    if rope_type == "linear":
+        return pi(geom, int(round(params["factor"] * geom.original_length)))
+    if rope_type == "yarn":
+        target = int(round(params["factor"] * geom.original_length))
+        return yarn(geom, target, params.get("beta_fast") or 32.0, params.get("beta_slow") or 1.0, params.get("truncate", True))
+    if rope_type == "default":
+        lam = (base / geom.rope_base) ** pair_exponents(geom)
+        target = target_length or geom.original_length + 1
+        if base == geom.rope_base:
+            return none(geom, max(target, geom.original_length + 1))
+        return _new_base(geom, target, "new_base", lam, base)
+    raise ConfigError("rope_type", f"unsupported rope_type {rope_type!r}; allowed: default, linear, yarn, longrope")
+
+
+# --------------------------------------------------------------------------------------------------
+# Frequencies and in-place application to a loaded model
+# --------------------------------------------------------------------------------------------------
+
+
+def inv_freq(geom: RopeGeometry, factors: Sequence[float] | None = None, device=None):
+    """theta_i / lambda_i as a float32 tensor, computed the way transformers' longrope does."""
+    import torch
+
+    shape = torch.arange(0, geom.rotary_dim, 2, dtype=torch.int64, device=device).float() / geom.rotary_dim
+    lam = torch.ones(geom.n_pairs, device=device) if factors is None else torch.tensor(
+        np.asarray(factors, dtype=np.float64), dtype=torch.float32, device=device
+    )
+    return 1.0 / (lam * geom.rope_base**shape)
+
+
+def rotary_modules(model) -> list:
+    """The rotary-embedding modules of a transformers model (``model.model.rotary_emb`` and the like)."""
+    mods = [m for m in model.modules() if hasattr(m, "inv_freq") and hasattr(m, "attention_scaling")]
+    if not mods:
+        raise ConfigError("model", f"{type(model).__name__} has no rotary embedding module (inv_freq/attention_scaling)")
+    return mods
+
+
+#: model types whose config accepts only ``default``/``longrope`` rope types (PI/YaRN become explicit longrope)
+LONGROPE_ONLY_MODEL_TYPES = {"phi3"}
+
+
+def hf_rope_parameters(config, scaling: RopeScaling) -> dict[str, Any]:
+    """The rope parameters a checkpoint of this model type needs for ``scaling``."""
+    params = dict(scaling.hf_rope_parameters)
+    if getattr(config, "model_type", None) in LONGROPE_ONLY_MODEL_TYPES and params["rope_type"] not in ("default", "longrope"):
+        geom = scaling.geometry
+        params = {"rope_theta": geom.rope_base, **_longrope_export(geom, scaling.target_length, scaling.attention_factor,
+                                                                   scaling.long_factor, scaling.short_factor)}
+        if geom.partial_rotary_factor != 1.0:
+            params["partial_rotary_factor"] = geom.partial_rotary_factor
+    return params
+
+
+def apply_scaling(model, scaling: RopeScaling) -> None:
+    """Swap the RoPE of an already loaded model in place (no weight reload).
+
+    Short and long frequencies are installed the way transformers' longrope expects them, so its own
+    ``dynamic_rope_update`` switches by ``max(position_ids)+1 > L0`` exactly as an exported checkpoint
+    does; the config's rope parameters are updated too so ``save_pretrained`` writes the right ones.
+    """
+    geom = scaling.geometry
+    export_config(model.config, scaling)
+    for mod in rotary_modules(model):
+        device = mod.inv_freq.device
+        if mod.inv_freq.shape[-1] != geom.n_pairs:
+            raise ConfigError(
+                "model.geometry", f"model has {mod.inv_freq.shape[-1]} rotary pairs, geometry says {geom.n_pairs}"
+            )
+        short = inv_freq(geom, scaling.short_factor, device)
+        long = inv_freq(geom, scaling.long_factor, device)
+        mod.attention_scaling = float(scaling.attention_factor)
+        if scaling.switches:
+            # transformers' longrope switch (dynamic_rope_update) reads these attributes
+            mod.rope_type = "longrope"
+            mod.inv_freq = short.clone()
+            mod.original_inv_freq = short.clone()
+            mod.long_inv_freq = long
+        else:
+            mod.rope_type = "default"
+            mod.inv_freq = long.clone()
+            mod.original_inv_freq = long.clone()
+            if hasattr(mod, "long_inv_freq"):
+                del mod.long_inv_freq
+
+
+def export_config(config, scaling: RopeScaling) -> None:
+    """Write a method's rope parameters into a transformers config (what a saved checkpoint carries)."""
+    config.rope_parameters = hf_rope_parameters(config, scaling)
+    config.max_position_embeddings = max(int(scaling.target_length), int(getattr(config, "max_position_embeddings", 0) or 0))
+    if config.rope_parameters["rope_type"] in ("longrope", "yarn"):
+        config.rope_parameters["original_max_position_embeddings"] = scaling.geometry.original_length
+        if hasattr(config, "original_max_position_embeddings"):
+            # Phi-3 style configs keep L0 at the top level and give it priority
+            config.original_max_position_embeddings = scaling.geometry.original_length

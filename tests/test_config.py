@@ -1,0 +1,62 @@
+"""Config validation: bad values fail before any work with one line naming the key and what is allowed."""
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from longrope2 import config
+from longrope2.errors import ConfigError
+
+from conftest import REPO, run_cli
+
+EXPERIMENTS = sorted((REPO / "config" / "experiments").glob("*.yaml"))
+
+
+def load_with(tmp_path, override):
+    p = tmp_path / "override.yaml"
+    p.write_text(yaml.safe_dump(override))
+    return config.load([REPO / "config" / "config.yaml", p])
+
+
+def test_default_and_shipped_experiments_validate():
+    names = {config.load([REPO / "config/config.yaml", e])["experiment"]["name"] for e in EXPERIMENTS}
+    assert names == {"smollm2-32k", "llama3-8b-128k", "phi3-mini-128k"}
+    cfg = config.load([REPO / "config/config.yaml"])
+    assert cfg["experiment"]["name"] == "scale" and cfg["extension"]["target_length"] > cfg["model"]["geometry"]["original_length"]
+
+
+@pytest.mark.parametrize(
+    "override, key, allowed",
+    [
+        ({"model": {"source": "torrent"}}, "model.source", "allowed: scale, hub, local, gguf"),
+        ({"extension": {"methods": ["pi", "alibi"]}}, "extension.methods.1", "allowed: pi, ntk_static"),
+        ({"extension": {"target_length": 128}}, "extension.target_length", "must be above"),
+        ({"model": {"geometry": {"head_dim": "sixty"}}}, "model.geometry.head_dim", "type integer"),
+        ({"experiment": {"colour": "red"}}, "experiment.colour", "unknown key; allowed keys here: name, seed"),
+        ({"experiment": {"name": "a b"}}, "experiment.name", "must match"),
+    ],
+)
+def test_bad_values_name_the_key(tmp_path, override, key, allowed):
+    with pytest.raises(ConfigError) as exc:
+        load_with(tmp_path, override)
+    msg = str(exc.value)
+    assert msg.startswith(f"{key}: ") and allowed in msg and "\n" not in msg
+
+
+def test_cli_bad_config_is_one_line_and_leaves_nothing(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model:\n  source: torrent\n")
+    out = tmp_path / "out"
+    proc = run_cli("critical-dims", "--config", REPO / "config/config.yaml", bad, "--out", out, check=False)
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "model.source" in lines[0] and "allowed: scale, hub, local, gguf" in lines[0]
+    assert not out.exists()
+
+
+def test_later_files_override_earlier_ones(tmp_path):
+    cfg = load_with(tmp_path, {"extension": {"target_length": 2048}})
+    assert cfg["extension"]["target_length"] == 2048
+    assert cfg["model"]["geometry"]["original_length"] == 256  # untouched keys survive the merge
+    assert config.config_hash({"a": 1, "b": 2}) == config.config_hash({"b": 2, "a": 1})
