@@ -36,3 +36,28 @@ def workdir(tmp_path):
 
 def snakemake(*args, cwd):
     return subprocess.run([str(BIN / "snakemake"), *map(str, args)], cwd=cwd, capture_output=True, text=True)
+
+
+@pytest.fixture(scope="session")
+def tiny_corpus(tmp_path_factory):
+    """A small stdlib corpus with its own tokenizer (seconds), shared by the tests."""
+    root = tmp_path_factory.mktemp("tiny_corpus")
+    override = root / "override.yaml"
+    override.write_text("corpus:\n  max_documents: 120\n  test_fraction: 0.2\ntokenizer:\n  vocab_size: 512\n")
+    run_cli("corpus", "--config", REPO / "config/config.yaml", override, "--out", root / "corpus")
+    return root / "corpus"
+
+
+@pytest.fixture(scope="session")
+def tiny_llama(tiny_corpus):
+    """A randomly initialised tiny Llama over the tiny corpus' tokenizer."""
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    tok = AutoTokenizer.from_pretrained(tiny_corpus / "tokenizer")
+    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                      num_attention_heads=2, num_key_value_heads=2, head_dim=32, max_position_embeddings=128,
+                      bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+                      rope_parameters={"rope_type": "default", "rope_theta": 10000.0})
+    torch.manual_seed(0)
+    return LlamaForCausalLM(cfg).eval(), tok

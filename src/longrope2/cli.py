@@ -21,6 +21,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--config", nargs="+", required=True, metavar="FILE",
                        help="experiment config files, later ones override earlier ones (as Snakemake reads them)")
         p.add_argument("--out", required=True, metavar="DIR", help="output folder of this stage")
+        p.add_argument("--threads", type=int, default=None, help="CPU threads for torch (Snakemake passes {threads})")
         stage.add_arguments(p)
         p.set_defaults(_stage=stage)
     return parser
@@ -28,6 +29,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     try:
         cfg = cfgmod.load(args.config)
         args._stage.run(cfg, args.out, args)

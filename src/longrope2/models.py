@@ -85,3 +85,23 @@ def load_model(spec: Mapping[str, Any], dtype=None):
         if hasattr(model.config, "quantization_config"):
             del model.config.quantization_config
     return model, tok, origin
+
+
+def device_and_dtype():
+    """cuda + bf16 where a GPU is present, cpu + fp32 otherwise (bf16 matmuls are slow on most CPUs)."""
+    import torch
+
+    if torch.cuda.is_available():
+        return torch.device("cuda"), torch.bfloat16
+    return torch.device("cpu"), torch.float32
+
+
+def load_pretrained(path: str | Path, device=None, dtype=None):
+    """(model, tokenizer) from a normalized HF folder, in eval mode on the chosen device."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if not (Path(path) / "config.json").is_file():
+        raise ConfigError("--model", f"{path} is not a model folder (no config.json)")
+    dev, dt = device_and_dtype()
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype or dt).to(device or dev).eval()
+    return model, AutoTokenizer.from_pretrained(path)

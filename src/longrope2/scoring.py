@@ -1,0 +1,65 @@
+"""Needle-PPL, plain PPL and answer accuracy of a loaded model, computing logits only where labels are.
+
+The decoder runs once per batch; the LM head is applied only to the hidden states of labelled positions
+(in chunks), so a 32k-token needle sample never materializes a 32k x vocab logit matrix. Accuracy is
+teacher-forced exact match of every answer token, which equals greedy decoding of the answer (the
+greedy continuation matches the answer iff the argmax is right at every answer position).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+IGNORE_INDEX = -100
+
+
+@dataclass
+class Scores:
+    nll_sum: torch.Tensor  # per sample: summed NLL over labelled tokens
+    n_tokens: torch.Tensor  # per sample: labelled tokens
+    all_correct: torch.Tensor  # per sample: every labelled token is the argmax
+
+    @property
+    def nll(self) -> torch.Tensor:
+        return self.nll_sum / self.n_tokens.clamp(min=1)
+
+
+def _decoder_and_head(model):
+    return model.base_model, model.get_output_embeddings()
+
+
+@torch.no_grad()
+def score(model, input_ids: torch.Tensor, labels: torch.Tensor, chunk_rows: int = 4096) -> Scores:
+    """Per-sample summed NLL, labelled-token count and exact-match of ``labels`` (shifted like HF)."""
+    decoder, head = _decoder_and_head(model)
+    hidden = decoder(input_ids=input_ids).last_hidden_state  # [B, L, H]
+    target = labels[:, 1:]
+    mask = target != IGNORE_INDEX
+    rows = hidden[:, :-1][mask]  # [N, H], only labelled positions
+    tgt = target[mask]
+    batch_idx = mask.nonzero()[:, 0]
+    nll = torch.empty(len(tgt), dtype=torch.float32, device=hidden.device)
+    hit = torch.empty(len(tgt), dtype=torch.bool, device=hidden.device)
+    for i in range(0, len(tgt), chunk_rows):
+        logits = head(rows[i : i + chunk_rows]).float()
+        nll[i : i + chunk_rows] = F.cross_entropy(logits, tgt[i : i + chunk_rows], reduction="none")
+        hit[i : i + chunk_rows] = logits.argmax(-1) == tgt[i : i + chunk_rows]
+    b = input_ids.shape[0]
+    nll_sum = torch.zeros(b, device=hidden.device).index_add_(0, batch_idx, nll)
+    n_tok = torch.zeros(b, dtype=torch.long, device=hidden.device).index_add_(0, batch_idx, torch.ones_like(batch_idx))
+    wrong = torch.zeros(b, dtype=torch.long, device=hidden.device).index_add_(0, batch_idx, (~hit).long())
+    return Scores(nll_sum.cpu(), n_tok.cpu(), (wrong == 0).cpu() & (n_tok > 0).cpu())
+
+
+@torch.no_grad()
+def score_naive(model, input_ids: torch.Tensor, labels: torch.Tensor) -> Scores:
+    """Reference: full-vocabulary logits over the whole sequence (what the fast path must equal)."""
+    logits = model(input_ids=input_ids).logits.float()[:, :-1]
+    target = labels[:, 1:]
+    mask = target != IGNORE_INDEX
+    nll = F.cross_entropy(logits.transpose(1, 2), target.clamp(min=0), reduction="none") * mask
+    correct = (logits.argmax(-1) == target) | ~mask
+    return Scores(nll.sum(1).cpu(), mask.sum(1).cpu(), correct.all(1).cpu() & (mask.sum(1) > 0).cpu())

@@ -1,0 +1,64 @@
+"""Retrieval check of a base model: RULER niah_single-style accuracy at L0 and, with no RoPE scaling,
+at multiples of L0 (for information: beyond L0 it is expected to collapse).
+
+``single``: one needle; ``multi``: four needles with different keys, one queried. Greedy exact match of
+the 7-digit value, on held-out (test split) documents. Writes ``retrieval.json``:
+``{"lengths": {"256": {"single": 0.95, "multi": 0.7}, ...}, "samples": N}``.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from .. import models, scoring
+from ..artifacts import StageRun
+from ..corpus import TokenizedCorpus, check_size
+from ..needles import NeedleBuilder
+
+NAME = "retrieval"
+HELP = "needle retrieval accuracy of the base model at L0 and multiples of it (no scaling)"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", required=True, metavar="DIR", help="base model folder (HF layout)")
+    p.add_argument("--corpus", required=True, metavar="DIR", help="tokenized corpus folder (test split is used)")
+
+
+def accuracy(model, builder: NeedleBuilder, length: int, n_needles: int, n: int, batch_tokens: int) -> tuple[float, float]:
+    """(accuracy, mean answer NLL) over n samples of one length."""
+    device = next(model.parameters()).device
+    bs = max(1, batch_tokens // length)
+    hits, nll = [], []
+    for start in range(0, n, bs):
+        batch = [builder.sample(length, n_needles) for _ in range(min(bs, n - start))]
+        ids = torch.from_numpy(np.stack([s.input_ids for s in batch])).to(device)
+        lab = torch.from_numpy(np.stack([s.labels for s in batch])).to(device)
+        sc = scoring.score(model, ids, lab)
+        hits += sc.all_correct.tolist()
+        nll += sc.nll.tolist()
+    return float(np.mean(hits)), float(np.mean(nll))
+
+
+def run(cfg: dict, out: str, args: argparse.Namespace) -> None:
+    rc = cfg["retrieval"]
+    l0 = cfg["model"]["geometry"]["original_length"]
+    lengths = [int(m * l0) for m in rc["length_multiples"]]
+    subset = {"retrieval": rc, "needles": cfg.get("needles"), "model": {"geometry": cfg["model"]["geometry"]},
+              "seed": cfg["experiment"]["seed"]}
+    test = TokenizedCorpus(args.corpus, "test")
+    check_size(test, max(lengths), key="corpus")
+    model, tok = models.load_pretrained(args.model)
+    result = {"lengths": {}, "samples": rc["samples"], "nll": {}}
+    with StageRun("retrieval", out, subset, inputs=[args.model, args.corpus], seed=cfg["experiment"]["seed"]) as run_:
+        jobs = [(L, name, k) for L in lengths for name, k in (("single", 1), ("multi", 4))]
+        for L, name, k in tqdm(jobs, desc="retrieval", disable=None):
+            builder = NeedleBuilder(test, tok, cfg.get("needles", {}).get("template"), seed=cfg["experiment"]["seed"] + 7919 * L + k)
+            acc, nll = accuracy(model, builder, L, k, rc["samples"], rc["batch_tokens"])
+            result["lengths"].setdefault(str(L), {})[name] = acc
+            result["nll"].setdefault(str(L), {})[name] = nll
+            print(f"L={L} {name}: acc={acc:.3f} answer-nll={nll:.3f}", flush=True)
+        run_.write_json("retrieval.json", result)

@@ -1,0 +1,77 @@
+"""Needle samples (exact length, answer last and never truncated, deterministic) and the fast scorer."""
+
+import numpy as np
+import pytest
+import torch
+
+from longrope2 import scoring
+from longrope2.corpus import TokenizedCorpus
+from longrope2.errors import ConfigError
+from longrope2.needles import IGNORE_INDEX, NeedleBuilder
+
+
+@pytest.fixture
+def builder(tiny_corpus, tiny_llama):
+    _, tok = tiny_llama
+    return NeedleBuilder(TokenizedCorpus(tiny_corpus, "test"), tok, seed=3)
+
+
+@pytest.mark.parametrize("length, n_needles", [(320, 1), (512, 4), (1024, 1), (1024, 4)])
+def test_sample_shape_and_answer(builder, length, n_needles):
+    tok = builder.tok
+    for _ in range(5):
+        s = builder.sample(length, n_needles)
+        assert s.input_ids.shape == (length,) and s.labels.shape == (length,)
+        assert s.input_ids[0] == tok.bos_token_id and (s.input_ids == tok.bos_token_id).sum() == 1
+        labelled = s.labels != IGNORE_INDEX
+        # the answer is the only labelled span and the last tokens of the sample
+        assert labelled.sum() == s.answer_len and labelled[-s.answer_len:].all()
+        assert tok.decode(s.input_ids[-s.answer_len:].tolist()) == f" {s.value}"
+        text = tok.decode(s.prompt.tolist())
+        assert text.count("special magic numbers for") == n_needles
+        assert f"is: {s.value}." in text and text.rstrip().endswith("mentioned in the provided text is")
+
+
+def test_depths_and_determinism(tiny_corpus, tiny_llama):
+    _, tok = tiny_llama
+    test = TokenizedCorpus(tiny_corpus, "test")
+    a = NeedleBuilder(test, tok, seed=11).sample(512, 1, depths=[0.5])
+    b = NeedleBuilder(test, tok, seed=11).sample(512, 1, depths=[0.5])
+    assert np.array_equal(a.input_ids, b.input_ids) and a.value == b.value
+    assert abs(a.depths[0] - 0.5) < 0.2
+    early = NeedleBuilder(test, tok, seed=11).sample(512, 1, depths=[0.0])
+    assert early.depths[0] == 0.0
+    with pytest.raises(ConfigError, match="cannot hold the needle template"):
+        NeedleBuilder(test, tok, seed=1).sample(40, 4)
+
+
+def test_fast_scorer_equals_naive_full_logits(builder, tiny_llama):
+    model, _ = tiny_llama
+    samples = [builder.sample(384, 2) for _ in range(3)]
+    ids = torch.from_numpy(np.stack([s.input_ids for s in samples]))
+    lab = torch.from_numpy(np.stack([s.labels for s in samples]))
+    fast, naive = scoring.score(model, ids, lab), scoring.score_naive(model, ids, lab)
+    torch.testing.assert_close(fast.nll, naive.nll, rtol=1e-5, atol=1e-5)
+    assert torch.equal(fast.n_tokens, naive.n_tokens) and torch.equal(fast.all_correct, naive.all_correct)
+    # plain PPL: every token labelled, chunked head
+    full = ids.clone()
+    f2, n2 = scoring.score(model, ids, full, chunk_rows=37), scoring.score_naive(model, ids, full)
+    torch.testing.assert_close(f2.nll, n2.nll, rtol=1e-5, atol=1e-5)
+
+
+def test_exact_match_equals_greedy_decoding(builder, tiny_llama):
+    model, tok = tiny_llama
+    s = builder.sample(256, 1)
+    ids = torch.from_numpy(s.input_ids)[None]
+    # make the model's own greedy continuation the "answer" and check the scorer calls it correct
+    prompt = ids[:, : -s.answer_len]
+    gen = model.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=s.answer_len, do_sample=False,
+                         pad_token_id=tok.pad_token_id)
+    own = gen[0]
+    lab = torch.full_like(own, IGNORE_INDEX)
+    lab[-s.answer_len:] = own[-s.answer_len:]
+    assert scoring.score(model, own[None], lab[None]).all_correct.item()
+    lab[-1] = (own[-1] + 1) % len(tok)
+    other = own.clone()
+    other[-1] = lab[-1]
+    assert not scoring.score(model, other[None], lab[None]).all_correct.item()
