@@ -9,6 +9,7 @@ configfile: "config/config.yaml"
 
 include: "rules/common.smk"
 include: "rules/analysis.smk"
+include: "rules/base_model.smk"
 
 
 rule all:

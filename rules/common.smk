@@ -45,6 +45,9 @@ EXP = config["experiment"]["name"]
 RESULTS = Path("results") / EXP
 LOGS = Path("logs") / EXP
 BENCH = Path("benchmarks") / "runs" / EXP
+IMPORTED = Path("resources") / EXP / "base_model"
+SPLITS = ["train", "validation", "test"]
+IS_SCALE = config["model"]["source"] == "scale"
 
 
 def stage_cmd(stage):
@@ -52,8 +55,19 @@ def stage_cmd(stage):
     return f"longrope2 {stage} --config {' '.join(CONFIG_FILES)}"
 
 
+def base_model():
+    """HF folder of the base model: pretrained here (scale model) or imported (real models)."""
+    return RESULTS / "base_model" / "model" if IS_SCALE else IMPORTED / "model"
+
+
+def corpus_tokenizer():
+    """The corpus of a real model is tokenized with its own tokenizer; the scale model trains one."""
+    return [] if IS_SCALE else [IMPORTED / "model"]
+
+
 def all_targets():
     return [
         RESULTS / "critical_dims" / "critical_dims.json",
         RESULTS / "critical_dims" / "critical_dims.png",
+        RESULTS / "base_model" / "retrieval" / "retrieval.json",
     ]

@@ -30,15 +30,22 @@ def test_bad_configfile_fails_with_one_line(workdir):
     assert "invalid config: extension.methods.1: got 'alibi'; allowed: pi," in proc.stdout + proc.stderr
 
 
-def test_default_dag_runs(workdir):
-    proc = snakemake("--cores", "2", cwd=workdir)
+def test_micro_dag_runs_end_to_end(workdir):
+    """The whole DAG on the micro config (the default's pretraining takes minutes, not seconds)."""
+    proc = snakemake("--cores", "2", "--configfile", REPO / "tests/micro.yaml", cwd=workdir)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    out = workdir / "results/scale/critical_dims"
-    res = json.loads((out / "critical_dims.json").read_text())
-    assert (res["d_tcd"], res["d10_tcd"], res["original_length"], res["target_length"]) == (13, 5, 256, 1024)
-    assert json.loads((out / "manifest.json").read_text())["config_hash"]
-    assert (workdir / "logs/scale/critical_dims.log").exists()
-    assert (workdir / "benchmarks/runs/scale/critical_dims.tsv").exists()
-    # nothing left to do on a second invocation
-    again = snakemake("--cores", "2", "-n", cwd=workdir)
+    res = workdir / "results/micro"
+    cd = json.loads((res / "critical_dims/critical_dims.json").read_text())
+    assert (cd["d_tcd"], cd["d10_tcd"], cd["original_length"], cd["target_length"]) == (4, 2, 256, 1024)
+    retrieval = json.loads((res / "base_model/retrieval/retrieval.json").read_text())
+    assert set(retrieval["lengths"]) == {"256", "512"}
+    assert set(retrieval["lengths"]["256"]) == {"single", "multi"}
+    for stage in ("critical_dims", "corpus", "base_model", "base_model/retrieval"):
+        man = json.loads((res / stage / "manifest.json").read_text())
+        assert man["config_hash"] and man["libraries"]["torch"]
+    assert (res / "base_model/model/config.json").exists()
+    for rule in ("critical_dims", "corpus", "pretrain", "retrieval"):
+        assert (workdir / f"benchmarks/runs/micro/{rule}.tsv").exists(), rule
+        assert (workdir / f"logs/micro/{rule}.log").exists(), rule
+    again = snakemake("--cores", "2", "-n", "--configfile", REPO / "tests/micro.yaml", cwd=workdir)
     assert "Nothing to be done" in again.stdout + again.stderr

@@ -1,0 +1,187 @@
+"""Pretrain the scale model: a small standard LlamaForCausalLM that retrieves inside its window L0.
+
+Recipe (see README, "Scale model"): a curriculum of RULER-style retrieval sequences built from
+training-split documents -- short windows first, then L0, then several needles per window -- with the
+loss on the answer tokens (optionally plus a weight on ordinary next-token prediction). Crossing the
+induction-head plateau is what makes the model retrieve; answer-only loss at short length crosses it
+in a few hundred steps on two CPU cores.
+
+Resumable: a checkpoint (model, optimizer, step, data and torch RNG states) is written every
+``checkpoint_every`` steps into ``--checkpoint-dir`` (not a Snakemake output), and a restarted run
+continues from it and ends with the same weights as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import math
+import random
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from ..artifacts import StageRun
+from ..corpus import TokenizedCorpus
+from ..needles import IGNORE_INDEX, NeedleBuilder
+from ..stages.retrieval import accuracy
+
+NAME = "pretrain"
+HELP = "pretrain the offline scale model (retrieval curriculum), resumable"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--corpus", required=True, metavar="DIR", help="corpus folder with the trained tokenizer")
+    p.add_argument("--checkpoint-dir", metavar="DIR", help="resumable checkpoints (default: <out>/../.checkpoints/pretrain)")
+
+
+def build_model(cfg: dict, tok):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    g, m = cfg["model"]["geometry"], cfg["scale_model"]
+    if g.get("partial_rotary_factor", 1.0) != 1.0:
+        raise ValueError("the scale model rotates the whole head: model.geometry.partial_rotary_factor must be 1.0")
+    config = LlamaConfig(
+        vocab_size=len(tok), hidden_size=m["hidden_size"], intermediate_size=m["intermediate_size"],
+        num_hidden_layers=m["layers"], num_attention_heads=m["heads"], num_key_value_heads=m["heads"],
+        head_dim=g["head_dim"], max_position_embeddings=g["original_length"], tie_word_embeddings=True,
+        rope_parameters={"rope_type": "default", "rope_theta": float(g["rope_base"])},
+        bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+    )
+    return LlamaForCausalLM(config)
+
+
+def curriculum_at(curriculum: list[dict], step: int) -> list[dict]:
+    """The options of the last curriculum stage that has started (one is drawn per step)."""
+    started = max(c["from_step"] for c in curriculum if c["from_step"] <= step)
+    return [c for c in curriculum if c["from_step"] == started]
+
+
+def lr_at(step: int, p: dict) -> float:
+    warm = min(1.0, (step + 1) / p["warmup_steps"])
+    cos = 0.5 * (1 + math.cos(math.pi * min(1.0, step / p["steps"])))
+    return p["lr"] * warm * (p["min_lr_ratio"] + (1 - p["min_lr_ratio"]) * cos)
+
+
+def make_batch(builder: NeedleBuilder, opt: dict, batch_size: int, pad_id: int):
+    samples = [builder.sample(opt["length"], opt["needles"], extra_queries=opt.get("queries", 1) - 1)
+               for _ in range(batch_size)]
+    width = max(len(s.input_ids) for s in samples)
+    ids = torch.full((batch_size, width), pad_id, dtype=torch.long)
+    lab = torch.full((batch_size, width), IGNORE_INDEX, dtype=torch.long)
+    for i, s in enumerate(samples):
+        ids[i, : len(s.input_ids)] = torch.from_numpy(s.input_ids)
+        lab[i, : len(s.labels)] = torch.from_numpy(s.labels)
+    return ids, lab
+
+
+def loss_fn(model, ids, lab, lm_weight: float, pad_id: int):
+    """Cross-entropy on answer tokens (weight 1) plus ``lm_weight`` on the other tokens; the LM head is
+    applied only to the rows that carry loss."""
+    hidden = model.base_model(input_ids=ids[:, :-1]).last_hidden_state
+    target = ids[:, 1:]
+    is_answer = lab[:, 1:] != IGNORE_INDEX
+    weight = is_answer.float() + lm_weight * (~is_answer & (target != pad_id)).float()
+    rows = weight > 0
+    ce = F.cross_entropy(model.get_output_embeddings()(hidden[rows]), target[rows], reduction="none")
+    w = weight[rows]
+    answer_loss = (ce * is_answer[rows]).sum() / is_answer.sum().clamp(min=1)
+    return (ce * w).sum() / w.sum(), answer_loss
+
+
+def save_checkpoint(path: Path, step, model, opt, builder, curriculum_rng, log):
+    tmp = path.with_suffix(".tmp")
+    torch.save({"step": step, "model": model.state_dict(), "optimizer": opt.state_dict(),
+                "builder_rng": builder.rng.getstate(), "curriculum_rng": curriculum_rng.getstate(),
+                "torch_rng": torch.get_rng_state(), "log": log}, tmp)
+    tmp.replace(path)
+
+
+def run(cfg: dict, out: str, args: argparse.Namespace) -> None:
+    from transformers import AutoTokenizer
+
+    p, seed = cfg["pretrain"], cfg["experiment"]["seed"]
+    l0 = cfg["model"]["geometry"]["original_length"]
+    subset = {"model": cfg["model"], "scale_model": cfg["scale_model"], "pretrain": p, "needles": cfg.get("needles"),
+              "seed": seed}
+    ckpt_dir = Path(args.checkpoint_dir or Path(out).parent / ".checkpoints" / "pretrain")
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    ckpt = ckpt_dir / "last.pt"
+    tok = AutoTokenizer.from_pretrained(Path(args.corpus) / "tokenizer")
+    template = cfg.get("needles", {}).get("template")
+    train = NeedleBuilder(TokenizedCorpus(args.corpus, "train"), tok, template, seed=seed)
+    torch.manual_seed(seed)
+    model = build_model(cfg, tok)
+    decay = [q for q in model.parameters() if q.dim() >= 2]
+    other = [q for q in model.parameters() if q.dim() < 2]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": p["weight_decay"]}, {"params": other, "weight_decay": 0.0}],
+                            lr=p["lr"], betas=(0.9, 0.95))
+    curriculum_rng = random.Random(seed + 1)
+    start, log = 0, []
+    if ckpt.exists():
+        state = torch.load(ckpt, weights_only=False)
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        train.rng.setstate(state["builder_rng"])
+        curriculum_rng.setstate(state["curriculum_rng"])
+        torch.set_rng_state(state["torch_rng"])
+        start, log = state["step"], state["log"]
+        print(f"resuming from step {start} ({ckpt})", flush=True)
+    n_params = sum(q.numel() for q in model.parameters())
+    t0 = time.perf_counter() - (log[-1]["wall_s"] if log else 0.0)
+    tokens = log[-1]["tokens"] if log else 0
+    bar = tqdm(range(start, p["steps"]), initial=start, total=p["steps"], desc="pretrain", disable=None)
+    model.train()
+    for step in bar:
+        if step % p["eval_every"] == 0:
+            log.append(evaluate(model, cfg, args.corpus, tok, step, time.perf_counter() - t0, tokens))
+        for g in opt.param_groups:
+            g["lr"] = lr_at(step, p)
+        option = curriculum_rng.choice(curriculum_at(p["curriculum"], step))
+        ids, lab = make_batch(train, option, p["batch_size"], tok.pad_token_id)
+        loss, answer_loss = loss_fn(model, ids, lab, p["lm_weight"], tok.pad_token_id)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), p["grad_clip"])
+        opt.step()
+        tokens += ids.numel()
+        bar.set_postfix(loss=f"{loss.item():.3f}", ans=f"{answer_loss.item():.3f}", len=option["length"],
+                        tok_s=f"{tokens / (time.perf_counter() - t0):.0f}")
+        if (step + 1) % p["checkpoint_every"] == 0 and step + 1 < p["steps"]:
+            save_checkpoint(ckpt, step + 1, model, opt, train, curriculum_rng, log)
+    log.append(evaluate(model, cfg, args.corpus, tok, p["steps"], time.perf_counter() - t0, tokens))
+    wall = time.perf_counter() - t0
+    with StageRun("pretrain", out, subset, inputs=[args.corpus], seed=seed,
+                  extra={"train_wall_s": round(wall, 1), "parameters": n_params}) as run_:
+        model.save_pretrained(run_.path("model"), safe_serialization=True)
+        tok.save_pretrained(run_.path("model"))
+        with open(run_.path("pretrain_curve.csv"), "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=list(log[0]))
+            w.writeheader()
+            w.writerows(log)
+        run_.write_json("pretrain.json", {"parameters": n_params, "steps": p["steps"], "tokens": tokens,
+                                          "wall_s": round(wall, 1), "tokens_per_s": round(tokens / wall), "final": log[-1]})
+    ckpt.unlink(missing_ok=True)
+    print(f"pretrained {n_params / 1e6:.2f}M params, {p['steps']} steps, {wall / 60:.1f} min; "
+          f"L0={l0} single={log[-1]['acc_single']:.3f} multi={log[-1]['acc_multi']:.3f} -> {out}")
+
+
+@torch.no_grad()
+def evaluate(model, cfg, corpus_dir, tok, step, wall, tokens) -> dict:
+    """Learning-curve point: validation needle accuracy at L0 (its own seed, so it never moves training)."""
+    p, l0 = cfg["pretrain"], cfg["model"]["geometry"]["original_length"]
+    val = TokenizedCorpus(corpus_dir, "validation")
+    model.eval()
+    rng_state = torch.get_rng_state()
+    template = cfg.get("needles", {}).get("template")
+    single = accuracy(model, NeedleBuilder(val, tok, template, seed=101), l0, 1, p["eval_samples"], 8192)[0]
+    multi = accuracy(model, NeedleBuilder(val, tok, template, seed=202), l0, 4, p["eval_samples"], 8192)[0]
+    torch.set_rng_state(rng_state)
+    model.train()
+    rec = {"step": step, "wall_s": round(wall, 1), "tokens": tokens, "acc_single": single, "acc_multi": multi}
+    tqdm.write(str(rec))
+    return rec
