@@ -220,6 +220,16 @@ class RopeScaling:
         }
 
 
+def scaling_from_dict(d: Mapping[str, Any]) -> RopeScaling:
+    """Rebuild a RopeScaling from ``RopeScaling.to_dict()`` (what ``factors.json`` files hold)."""
+    geom = RopeGeometry.from_mapping(d["geometry"])
+    known = {"method", "target_length", "scale", "geometry", "long_factor", "short_factor", "attention_factor",
+             "hf_rope_parameters"}
+    return RopeScaling(d["method"], geom, int(d["target_length"]), np.asarray(d["long_factor"], dtype=np.float64),
+                       np.asarray(d["short_factor"], dtype=np.float64), float(d["attention_factor"]),
+                       dict(d["hf_rope_parameters"]), {k: v for k, v in d.items() if k not in known})
+
+
 def _scaling(method, geom, target, long_factor, short_factor=None, attention_factor=1.0, hf=None, **extra):
     long_factor = np.asarray(long_factor, dtype=np.float64)
     if long_factor.shape != (geom.n_pairs,):
