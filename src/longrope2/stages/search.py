@@ -1,0 +1,135 @@
+"""Factor search stage: LongRoPE2 (needle-PPL, pairs >= d_rcd, d_rcd searched), LongRoPE v1 (all pairs,
+[1, 1.25 s], plain PPL) and the paper's two ablations, all with the same engine (``longrope2.search``).
+
+Outputs ``factors.json`` (keys ``method``, ``d_rcd``, ``long_factor``, ``short_factor``,
+``attention_factor``, ``fitness`` and the HF rope parameters), ``trace.csv`` (per generation) and
+``search.png``. Resumes from its per-generation log in ``--checkpoint-dir`` after a kill.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import math
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from .. import models, rope
+from ..artifacts import StageRun
+from ..config import config_hash
+from ..errors import ConfigError
+from ..search import Evaluator, Search, SearchConfig, Space
+from .needles import load_set
+
+NAME = "search"
+HELP = "evolutionary search of per-pair rescale factors (LongRoPE2, LongRoPE, ablations)"
+
+#: searched method -> (space, objective set)
+SEARCHES = {
+    "longrope2": ("longrope2", "search_needle"),
+    "longrope": ("v1", "search_plain"),
+    "longrope2_plain_ppl": ("longrope2", "search_plain"),
+    "longrope2_all_pairs": ("all_pairs", "search_needle"),
+}
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", required=True, metavar="DIR", help="base model folder")
+    p.add_argument("--needles", required=True, metavar="DIR", help="needles stage folder")
+    p.add_argument("--method", required=True, choices=list(SEARCHES), help="which search to run")
+    p.add_argument("--checkpoint-dir", metavar="DIR", help="per-generation log to resume from (default <out>/../.checkpoints)")
+    p.add_argument("--racing", choices=["on", "off"], help="override search.racing.enabled")
+
+
+def make_space(kind: str, geom, target: int, method: str) -> tuple[Space, list[np.ndarray]]:
+    if kind == "longrope2":
+        return Space.longrope2(geom, target, method), []
+    seeds = [rope.pi(geom, target).long_factor, rope.ntk(geom, target).long_factor, rope.yarn(geom, target).long_factor]
+    if kind == "v1":
+        return Space.all_pairs(geom, target, 1.25, method), seeds
+    return Space.all_pairs(geom, target, 2.0, method), seeds
+
+
+def search_config(sc: dict, racing: str | None) -> SearchConfig:
+    race = sc["racing"]
+    enabled = race["enabled"] if racing is None else racing == "on"
+    return SearchConfig(sc["population"], sc["generations"], sc["parents"], sc["mutants"], sc["crossovers"],
+                        sc["mutation_p"], sc["initial"], enabled, race["samples"], race["keep"])
+
+
+def plot(trace: list[dict], best: rope.RopeScaling, geom, target: int, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4))
+    g = [t["generation"] for t in trace]
+    a1.plot(g, [math.exp(t["best_nll"]) for t in trace], "o-", label="best")
+    a1.plot(g, [math.exp(t["median_nll"]) for t in trace], "s--", label="median")
+    a1.set_xlabel("generation")
+    a1.set_ylabel("fitness (PPL of labelled tokens)")
+    a1.set_yscale("log")
+    a1.legend()
+    a1.set_title(f"{best.method} search")
+    idx = np.arange(geom.n_pairs)
+    for name in ("pi", "ntk", "yarn"):
+        a2.plot(idx, rope.METHODS[name](geom, target).long_factor, lw=1, label=name)
+    a2.plot(idx, best.long_factor, "k.-", lw=2, label=f"{best.method} (d_rcd={best.extra.get('d_rcd')})")
+    a2.axvline(rope.critical_dim(geom), color="tab:purple", ls=":", label="d_tcd")
+    a2.set_yscale("log")
+    a2.set_xlabel("rotary pair index i")
+    a2.set_ylabel(r"$\lambda_i$")
+    a2.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110, metadata={"Software": None})
+    plt.close(fig)
+
+
+def run(cfg: dict, out: str, args: argparse.Namespace) -> None:
+    sc, seed = cfg["search"], cfg["experiment"]["seed"]
+    geom, target = rope.RopeGeometry.from_mapping(cfg["model"]["geometry"]), cfg["extension"]["target_length"]
+    kind, objective = SEARCHES[args.method]
+    scfg = search_config(sc, args.racing)
+    if scfg.parents > scfg.population:
+        raise ConfigError("search.parents", f"must not exceed search.population={scfg.population}")
+    subset = {"search": sc, "method": args.method, "racing": scfg.racing, "model": {"geometry": cfg["model"]["geometry"]},
+              "extension": {"target_length": target}, "seed": seed}
+    data = load_set(Path(args.needles) / f"{objective}.npz")
+    model, _ = models.load_pretrained(args.model)
+    fitness = Evaluator(model, data["input_ids"], data["labels"], sc["batch_tokens"])
+    space, seeds = make_space(kind, geom, target, args.method)
+    ckpt_dir = Path(args.checkpoint_dir or Path(out).parent / ".checkpoints" / f"search-{args.method}")
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    log_path = ckpt_dir / f"generations-{config_hash(subset)}.jsonl"  # a changed config starts afresh
+    bar = tqdm(total=scfg.generations + 1, desc=f"search {args.method}", disable=None)
+
+    def progress(t: dict) -> None:
+        bar.n = t["generation"] + 1
+        bar.set_postfix(best_ppl=f"{math.exp(t['best_nll']):.3f}", d_rcd=t["best_d_rcd"],
+                        cand_s=f"{t['evaluated'] / max(t['wall_s'], 1e-9):.2f}")
+        bar.refresh()
+
+    search = Search(space, fitness, scfg, seed, log_path, seeds, progress)
+    best = search.run()
+    bar.close()
+    scaling = space.scaling(best)
+    nll, acc = search.cache[best]["nll"], search.cache[best]["acc"]
+    result = scaling.to_dict() | {
+        "fitness": {"objective": objective, "nll": nll, "ppl": math.exp(nll), "accuracy": acc},
+        "search": {"evaluated": len(search.cache), "sample_forwards": fitness.sample_forwards,
+                   "generations": scfg.generations, "racing": scfg.racing, "wall_s": round(search.wall, 1),
+                   "d_tcd": rope.critical_dim(geom), "d10_tcd": rope.critical_dim_10(geom)},
+    }
+    with StageRun("search", out, subset, inputs=[args.model, Path(args.needles) / f"{objective}.npz"], seed=seed) as run_:
+        run_.write_json("factors.json", result)
+        with open(run_.path("trace.csv"), "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=list(search.trace[0]))
+            w.writeheader()
+            w.writerows(search.trace)
+        plot(search.trace, scaling, geom, target, run_.path("search.png"))
+    print(f"{args.method}: d_rcd={scaling.extra.get('d_rcd')} (d_tcd={rope.critical_dim(geom)}) "
+          f"{objective} ppl={math.exp(nll):.4f} acc={acc:.3f} after {len(search.cache)} candidates, "
+          f"{fitness.sample_forwards} sample-forwards, {search.wall:.0f}s -> {out}")
