@@ -10,6 +10,8 @@ configfile: "config/config.yaml"
 include: "rules/common.smk"
 include: "rules/analysis.smk"
 include: "rules/base_model.smk"
+include: "rules/search.smk"
+include: "rules/evaluation.smk"
 
 
 rule all:

@@ -48,6 +48,19 @@ BENCH = Path("benchmarks") / "runs" / EXP
 IMPORTED = Path("resources") / EXP / "base_model"
 SPLITS = ["train", "validation", "test"]
 IS_SCALE = config["model"]["source"] == "scale"
+SEARCHED = config["search"]["methods"]
+BASELINES = ["none", "pi", "ntk_static", "ntk", "yarn", "ntk_rcd", "yarn_rcd"]
+# the training-free table: original RoPE, the configured methods, the d_rcd-anchored baselines, ablations
+TRAINING_FREE_METHODS = list(
+    dict.fromkeys(
+        ["none", *config["extension"]["methods"], "ntk_rcd", "yarn_rcd", *SEARCHED]
+    )
+)
+
+
+wildcard_constraints:
+    method="[a-z0-9_]+",
+    searched="|".join(SEARCHED),
 
 
 def stage_cmd(stage):
@@ -65,9 +78,21 @@ def corpus_tokenizer():
     return [] if IS_SCALE else [IMPORTED / "model"]
 
 
+def factors_file(wildcards):
+    """factors.json of a method: the search's output for searched methods, the baselines stage's otherwise."""
+    if wildcards.method in SEARCHED:
+        return RESULTS / "search" / wildcards.method / "factors.json"
+    return RESULTS / "factors" / f"{wildcards.method}.json"
+
+
 def all_targets():
     return [
         RESULTS / "critical_dims" / "critical_dims.json",
         RESULTS / "critical_dims" / "critical_dims.png",
         RESULTS / "base_model" / "retrieval" / "retrieval.json",
+        RESULTS / "tables" / "training_free" / "training_free.csv",
+        *[
+            RESULTS / "models" / "training_free" / m / "rope.json"
+            for m in TRAINING_FREE_METHODS
+        ],
     ]

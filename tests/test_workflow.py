@@ -44,7 +44,16 @@ def test_micro_dag_runs_end_to_end(workdir):
         man = json.loads((res / stage / "manifest.json").read_text())
         assert man["config_hash"] and man["libraries"]["torch"]
     assert (res / "base_model/model/config.json").exists()
-    for rule in ("critical_dims", "corpus", "pretrain", "retrieval"):
+    import pandas as pd
+
+    table = pd.read_csv(res / "tables/training_free/training_free.csv")
+    assert list(table.columns[:4]) == ["method", "length", "needle_acc", "needle_ppl"]
+    assert set(table["method"]) == {"none", "pi", "ntk", "yarn", "longrope", "longrope2", "ntk_rcd", "yarn_rcd",
+                                     "longrope2_plain_ppl", "longrope2_all_pairs"}
+    assert set(table["length"]) == {256, 512, 1024}
+    exported = json.loads((res / "models/training_free/longrope2/model/config.json").read_text())
+    assert exported["rope_parameters"]["rope_type"] == "longrope"
+    for rule in ("critical_dims", "corpus", "pretrain", "retrieval", "needles", "search_longrope2"):
         assert (workdir / f"benchmarks/runs/micro/{rule}.tsv").exists(), rule
         assert (workdir / f"logs/micro/{rule}.log").exists(), rule
     again = snakemake("--cores", "2", "-n", "--configfile", REPO / "tests/micro.yaml", cwd=workdir)

@@ -95,6 +95,11 @@ def validate(cfg: dict) -> dict:
             "extension.target_length",
             f"must be above model.geometry.original_length={l0}, got {cfg['extension']['target_length']}",
         )
+    # LongRoPE2's search gives d_rcd to the rcd baselines; LongRoPE v1 is searched when compared
+    needed = {"longrope2"} | ({"longrope"} & set(cfg["extension"]["methods"]))
+    missing = sorted(needed - set(cfg["search"]["methods"]))
+    if missing:
+        raise ConfigError("search.methods", f"must include {', '.join(missing)} (needed by extension.methods and the rcd baselines)")
     return cfg
 
 

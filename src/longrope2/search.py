@@ -49,6 +49,10 @@ class Evaluator:
     def __call__(self, scaling: rope.RopeScaling, n: int | None = None) -> tuple[float, float]:
         """(mean NLL over labelled tokens, exact-match accuracy) on the first ``n`` samples."""
         rope.apply_scaling(self.model, scaling)
+        return self.score_installed(n)
+
+    def score_installed(self, n: int | None = None) -> tuple[float, float]:
+        """The same, under whatever RoPE the model has now (e.g. a fine-tuned export's own config)."""
         n = len(self) if n is None else min(n, len(self))
         nll_sum, n_tok, hits = 0.0, 0, 0
         for i in range(0, n, self.batch):

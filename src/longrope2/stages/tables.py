@@ -1,0 +1,81 @@
+"""Paper tables: collect per-run ``metrics.json`` files into a CSV, a Markdown table and a plot."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import pandas as pd
+
+from ..artifacts import StageRun
+
+NAME = "tables"
+HELP = "collect metrics.json files into <name>.csv / .md / .png"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--metrics", nargs="+", required=True, metavar="FILE", help="metrics.json files of evaluate runs")
+    p.add_argument("--name", required=True, help="table name, e.g. training_free or finetune_comparison")
+    p.add_argument("--columns", nargs="+", default=["method", "length", "needle_acc", "needle_ppl", "ppl"],
+                   help="CSV columns (from method, stage, length, needle_acc, needle_ppl, ppl)")
+
+
+def collect(paths: list[str]) -> pd.DataFrame:
+    rows = []
+    for p in paths:
+        m = json.loads(open(p).read())
+        for L, metrics in m["lengths"].items():
+            rows.append({"method": m["method"], "stage": m.get("stage", ""), "length": int(L), **metrics})
+    return pd.DataFrame(rows)
+
+
+def markdown(df: pd.DataFrame) -> str:
+    """One block per metric: methods as rows, lengths as columns (the paper's layout)."""
+    keys = [c for c in ("method", "stage") if c in df and df[c].nunique() > 1] or ["method"]
+    out = []
+    for metric, fmt in (("needle_acc", "{:.2f}"), ("needle_ppl", "{:.3g}"), ("ppl", "{:.3g}")):
+        if metric not in df:
+            continue
+        wide = df.pivot_table(index=keys, columns="length", values=metric, sort=False)
+        header = "| " + " | ".join(keys) + " | " + " | ".join(str(c) for c in wide.columns) + " |"
+        out += [f"**{metric}**", "", header, "|" + "---|" * (len(keys) + len(wide.columns))]
+        for idx, row in wide.iterrows():
+            idx = idx if isinstance(idx, tuple) else (idx,)
+            out.append("| " + " | ".join(map(str, idx)) + " | " + " | ".join(fmt.format(v) for v in row) + " |")
+        out.append("")
+    return "\n".join(out)
+
+
+def plot(df: pd.DataFrame, path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    keys = ["method", "stage"] if "stage" in df and df["stage"].nunique() > 1 else ["method"]
+    for key, g in df.groupby(keys, sort=False):
+        label = " / ".join(key) if isinstance(key, tuple) else key
+        g = g.sort_values("length")
+        axes[0].plot(g["length"], g["needle_acc"], "o-", label=label)
+        axes[1].plot(g["length"], g["needle_ppl"], "o-", label=label)
+    for ax, name in zip(axes, ("needle accuracy", "needle-PPL")):
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("context length (tokens)")
+        ax.set_ylabel(name)
+    axes[1].set_yscale("log")
+    axes[0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110, metadata={"Software": None})
+    plt.close(fig)
+
+
+def run(cfg: dict, out: str, args: argparse.Namespace) -> None:
+    df = collect(args.metrics)
+    cols = [c for c in args.columns if c in df]
+    df = df[cols + [c for c in df.columns if c not in cols]].sort_values(["method", "length"], kind="stable")
+    with StageRun("tables", out, {"name": args.name, "columns": cols}, inputs=args.metrics, seed=None) as run_:
+        df[cols].to_csv(run_.path(f"{args.name}.csv"), index=False, float_format="%.6g")
+        run_.write_text(f"{args.name}.md", markdown(df))
+        plot(df, run_.path(f"{args.name}.png"))
+    print(markdown(df))
