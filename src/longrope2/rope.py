@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
+import torch
 
 from .errors import ConfigError
 
@@ -481,8 +482,6 @@ def from_hf_rope_parameters(geom: RopeGeometry, params: Mapping[str, Any], targe
 
 def inv_freq(geom: RopeGeometry, factors: Sequence[float] | None = None, device=None):
     """theta_i / lambda_i as a float32 tensor, computed the way transformers' longrope does."""
-    import torch
-
     shape = torch.arange(0, geom.rotary_dim, 2, dtype=torch.int64, device=device).float() / geom.rotary_dim
     lam = torch.ones(geom.n_pairs, device=device) if factors is None else torch.tensor(
         np.asarray(factors, dtype=np.float64), dtype=torch.float32, device=device
@@ -555,3 +554,37 @@ def export_config(config, scaling: RopeScaling) -> None:
         if hasattr(config, "original_max_position_embeddings"):
             # Phi-3 style configs keep L0 at the top level and give it priority
             config.original_max_position_embeddings = scaling.geometry.original_length
+
+
+class RowwiseRotary(torch.nn.Module):
+    """Per-row short/long RoPE for mixed context window training (LongRoPE2 §3.3), in one batch.
+
+    Row r uses the long factors iff ``max(position_ids[r]) + 1 > L0`` -- the rule transformers applies to
+    a whole forward at inference -- so short rows (documents <= L0, positions restarting per document)
+    keep the original RoPE and long rows get the searched factors. Same call signature as a
+    transformers rotary module: ``cos, sin = rot(x, position_ids)``.
+    """
+
+    def __init__(self, scaling: RopeScaling, device=None):
+        super().__init__()
+        geom = scaling.geometry
+        self.register_buffer("short_inv_freq", inv_freq(geom, scaling.short_factor, device), persistent=False)
+        self.register_buffer("long_inv_freq", inv_freq(geom, scaling.long_factor, device), persistent=False)
+        self.attention_scaling = float(scaling.attention_factor)
+        self.original_length = geom.original_length
+
+    def forward(self, x, position_ids, **_):
+        long_row = (position_ids.max(dim=-1).values + 1 > self.original_length)[:, None]
+        inv = torch.where(long_row, self.long_inv_freq[None], self.short_inv_freq[None])  # [B, pairs]
+        freqs = position_ids[..., None].float() * inv[:, None, :]
+        emb = torch.cat((freqs, freqs), dim=-1)
+        cos, sin = emb.cos() * self.attention_scaling, emb.sin() * self.attention_scaling
+        return cos.to(x.dtype), sin.to(x.dtype)
+
+
+def install_rowwise(model, scaling: RopeScaling):
+    """Put a :class:`RowwiseRotary` into the model (training); returns the original module to restore."""
+    base = model.base_model
+    original = base.rotary_emb
+    base.rotary_emb = RowwiseRotary(scaling, original.inv_freq.device)
+    return original

@@ -1,6 +1,6 @@
 """One module per pipeline stage; each exposes NAME, HELP, add_arguments(parser) and run(cfg, out, args)."""
 
-from . import baselines, corpus, critical_dims, evaluate, export, import_model, needles, pretrain, retrieval, search, tables
+from . import baselines, corpus, critical_dims, evaluate, export, finetune, import_model, needles, pretrain, retrieval, search, tables
 
 #: registration order is the order of ``longrope2 --help``
-STAGES = [critical_dims, corpus, import_model, pretrain, retrieval, needles, search, baselines, export, evaluate, tables]
+STAGES = [critical_dims, corpus, import_model, pretrain, retrieval, needles, search, baselines, export, finetune, evaluate, tables]
