@@ -11,6 +11,7 @@ include: "rules/common.smk"
 include: "rules/analysis.smk"
 include: "rules/base_model.smk"
 include: "rules/search.smk"
+include: "rules/finetune.smk"
 include: "rules/evaluation.smk"
 
 

@@ -56,11 +56,17 @@ TRAINING_FREE_METHODS = list(
         ["none", *config["extension"]["methods"], "ntk_rcd", "yarn_rcd", *SEARCHED]
     )
 )
+NO_MIXED_SUFFIX = "_no_mixed"
+FINETUNED = list(config["finetune"]["methods"]) + (
+    [f"longrope2{NO_MIXED_SUFFIX}"] if config["finetune"]["no_mixed_ablation"] else []
+)
+GPU_STAGES = config["model"]["source"] != "scale"
 
 
 wildcard_constraints:
     method="[a-z0-9_]+",
     searched="|".join(SEARCHED),
+    ft="[a-z0-9_]+",
 
 
 def stage_cmd(stage):
@@ -78,11 +84,26 @@ def corpus_tokenizer():
     return [] if IS_SCALE else [IMPORTED / "model"]
 
 
-def factors_file(wildcards):
+def method_factors(method):
     """factors.json of a method: the search's output for searched methods, the baselines stage's otherwise."""
-    if wildcards.method in SEARCHED:
-        return RESULTS / "search" / wildcards.method / "factors.json"
-    return RESULTS / "factors" / f"{wildcards.method}.json"
+    if method in SEARCHED:
+        return RESULTS / "search" / method / "factors.json"
+    return RESULTS / "factors" / f"{method}.json"
+
+
+def factors_file(wildcards):
+    return method_factors(wildcards.method)
+
+
+def finetune_factors(wildcards):
+    """The factors a fine-tuning run trains with (the no-mixed ablation uses LongRoPE2's)."""
+    return method_factors(wildcards.ft.removesuffix(NO_MIXED_SUFFIX))
+
+
+def before_metrics(ft):
+    """Training-free metrics of the same method: the 'before' rows of the fine-tuning table."""
+    method = ft.removesuffix(NO_MIXED_SUFFIX)
+    return RESULTS / "eval" / "training_free" / method / "metrics.json"
 
 
 def all_targets():
@@ -91,6 +112,7 @@ def all_targets():
         RESULTS / "critical_dims" / "critical_dims.png",
         RESULTS / "base_model" / "retrieval" / "retrieval.json",
         RESULTS / "tables" / "training_free" / "training_free.csv",
+        RESULTS / "tables" / "finetune" / "finetune_comparison.csv",
         *[
             RESULTS / "models" / "training_free" / m / "rope.json"
             for m in TRAINING_FREE_METHODS

@@ -48,11 +48,16 @@ def test_micro_dag_runs_end_to_end(workdir):
 
     table = pd.read_csv(res / "tables/training_free/training_free.csv")
     assert list(table.columns[:4]) == ["method", "length", "needle_acc", "needle_ppl"]
-    assert set(table["method"]) == {"none", "pi", "ntk", "yarn", "longrope", "longrope2", "ntk_rcd", "yarn_rcd",
-                                     "longrope2_plain_ppl", "longrope2_all_pairs"}
+    assert set(table["method"]) == {"none", "pi", "longrope", "longrope2", "ntk_rcd", "yarn_rcd"}
     assert set(table["length"]) == {256, 512, 1024}
     exported = json.loads((res / "models/training_free/longrope2/model/config.json").read_text())
     assert exported["rope_parameters"]["rope_type"] == "longrope"
+    ft = pd.read_csv(res / "tables/finetune/finetune_comparison.csv")
+    assert list(ft.columns) == ["method", "stage", "length", "needle_acc", "needle_ppl", "ppl"]
+    assert set(ft["method"]) == {"pi", "longrope2", "longrope2_no_mixed"} and set(ft["stage"]) == {"before", "after"}
+    assert len(ft) == 3 * 2 * 3
+    finetuned = json.loads((res / "finetune/longrope2_no_mixed/rope.json").read_text())
+    assert finetuned["no_mixed"] is True
     for rule in ("critical_dims", "corpus", "pretrain", "retrieval", "needles", "search_longrope2"):
         assert (workdir / f"benchmarks/runs/micro/{rule}.tsv").exists(), rule
         assert (workdir / f"logs/micro/{rule}.log").exists(), rule

@@ -16,16 +16,19 @@ HELP = "collect metrics.json files into <name>.csv / .md / .png"
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--metrics", nargs="+", required=True, metavar="FILE", help="metrics.json files of evaluate runs")
     p.add_argument("--name", required=True, help="table name, e.g. training_free or finetune_comparison")
+    p.add_argument("--as-before", nargs="*", default=[], metavar="FILE[:METHOD]",
+                   help="metrics files to list as stage 'before' (optionally under another method name)")
     p.add_argument("--columns", nargs="+", default=["method", "length", "needle_acc", "needle_ppl", "ppl"],
                    help="CSV columns (from method, stage, length, needle_acc, needle_ppl, ppl)")
 
 
-def collect(paths: list[str]) -> pd.DataFrame:
+def collect(paths: list[str], as_before: list[str] = ()) -> pd.DataFrame:
     rows = []
-    for p in paths:
-        m = json.loads(open(p).read())
+    entries = [(p, None, None) for p in paths] + [(*(e.split(":", 1) if ":" in e else (e, None)), "before") for e in as_before]
+    for path, method, stage in entries:
+        m = json.loads(open(path).read())
         for L, metrics in m["lengths"].items():
-            rows.append({"method": m["method"], "stage": m.get("stage", ""), "length": int(L), **metrics})
+            rows.append({"method": method or m["method"], "stage": stage or m.get("stage", ""), "length": int(L), **metrics})
     return pd.DataFrame(rows)
 
 
@@ -71,10 +74,10 @@ def plot(df: pd.DataFrame, path) -> None:
 
 
 def run(cfg: dict, out: str, args: argparse.Namespace) -> None:
-    df = collect(args.metrics)
+    df = collect(args.metrics, args.as_before)
     cols = [c for c in args.columns if c in df]
-    df = df[cols + [c for c in df.columns if c not in cols]].sort_values(["method", "length"], kind="stable")
-    with StageRun("tables", out, {"name": args.name, "columns": cols}, inputs=args.metrics, seed=None) as run_:
+    df = df[cols + [c for c in df.columns if c not in cols]].sort_values(["method", "stage", "length"], ascending=[True, False, True], kind="stable")
+    with StageRun("tables", out, {"name": args.name, "columns": cols}, inputs=args.metrics + [e.split(":")[0] for e in args.as_before], seed=None) as run_:
         df[cols].to_csv(run_.path(f"{args.name}.csv"), index=False, float_format="%.6g")
         run_.write_text(f"{args.name}.md", markdown(df))
         plot(df, run_.path(f"{args.name}.png"))
