@@ -13,7 +13,6 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
-import jsonschema
 import yaml
 
 from .errors import ConfigError
@@ -57,7 +56,7 @@ def _fill_defaults(node: Any, sch: Mapping) -> Any:
     return node
 
 
-def _describe(err: jsonschema.ValidationError) -> ConfigError:
+def _describe(err) -> ConfigError:
     path = ".".join(str(p) for p in err.absolute_path) or "<config>"
     v, sch = err.validator, err.schema
     if v == "enum":
@@ -83,6 +82,8 @@ def _describe(err: jsonschema.ValidationError) -> ConfigError:
 
 def validate(cfg: dict) -> dict:
     """Validate in place (filling schema defaults) and check cross-field rules; returns cfg."""
+    import jsonschema
+
     sch = schema()
     validator = jsonschema.Draft202012Validator(sch)
     errors = sorted(validator.iter_errors(cfg), key=lambda e: (len(e.absolute_path), str(e.absolute_path)))
