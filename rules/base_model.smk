@@ -71,7 +71,7 @@ rule pretrain:
     retries: 1
     conda:
         "../envs/longrope2.yaml"
-    threads: 2
+    threads: 1  # faster than 2 for a 1M-parameter model (measured)
     resources:
         mem_mb=4000,
         runtime=lambda wc, attempt: 60 * attempt,
