@@ -12,10 +12,12 @@ from __future__ import annotations
 import argparse
 import json
 import resource
-import subprocess
 import sys
 import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _variants import emit, run_variant  # noqa: E402
 
 SHAPES = {
     # vocab, hidden, layers, heads, kv heads, head_dim, intermediate, rope base
@@ -92,23 +94,13 @@ def main() -> None:
         return
     results = {"length": args.length, "batch": args.batch, "model": args.model or f"random:{args.random}"}
     for variant in ("fast", "naive"):
-        cmd = [sys.executable, __file__, *sys.argv[1:], "--variant", variant]
-        cmd = [c for c in cmd if c != "--out" and c != str(args.out)]
-        proc = subprocess.run(cmd, capture_output=True, text=True)
-        if proc.returncode != 0:
-            results[variant] = {"error": proc.stderr.strip().splitlines()[-1][:300]}
-            continue
-        results[variant] = json.loads(proc.stdout.strip().splitlines()[-1])
+        results[variant] = run_variant(__file__, variant)
     f, n = results.get("fast", {}), results.get("naive", {})
     if "seconds" in f and "seconds" in n:
         results["speedup"] = round(n["seconds"] / f["seconds"], 2)
         results["memory_ratio"] = round(n["peak_mib"] / max(f["peak_mib"], 1e-3), 2)
         results["max_abs_nll_diff"] = max(abs(a - b) for a, b in zip(f["nll"], n["nll"]))
-    text = json.dumps(results, indent=2)
-    print(text)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text + "\n")
+    emit(results, args.out)
 
 
 if __name__ == "__main__":

@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import resource
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -25,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
+from _variants import emit, run_variant  # noqa: E402
 from evaluator import SHAPES  # noqa: E402
 
 
@@ -147,22 +147,12 @@ def main() -> None:
         return
     result = {"model": f"random:{args.random}", "length": args.length, "l0": args.l0, "batch": args.batch}
     for v in args.variants:
-        argv = [a for a in sys.argv[1:]]
-        if "--out" in argv:
-            i = argv.index("--out")
-            del argv[i : i + 2]
-        proc = subprocess.run([sys.executable, __file__, *argv, "--variant", v], capture_output=True, text=True)
-        result[v] = (json.loads(proc.stdout.strip().splitlines()[-1]) if proc.returncode == 0
-                     else {"error": (proc.stderr.strip().splitlines() or ["?"])[-1][:300]})
+        result[v] = run_variant(__file__, v)
     p, n = result.get("pipeline", {}), result.get("naive", {})
     if "tokens_per_s" in p and "tokens_per_s" in n:
         result["speedup"] = round(p["tokens_per_s"] / n["tokens_per_s"], 2)
         result["memory_ratio_naive_over_pipeline"] = round(n["peak_mib"] / max(p["peak_mib"], 1e-3), 2)
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text + "\n")
+    emit(result, args.out)
 
 
 if __name__ == "__main__":

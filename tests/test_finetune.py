@@ -52,6 +52,27 @@ def test_rows_short_and_long(packer, tiny_llama):
     assert 0.3 < np.mean(kinds) < 0.7
 
 
+def test_needle_documents(tiny_corpus, tiny_llama):
+    from longrope2.needles import NeedleBuilder
+
+    _, tok = tiny_llama
+    train = TokenizedCorpus(tiny_corpus, "train")
+    spec = RowSpec(1024, 256, 0.5, seed=4, needle_fraction=1.0)
+    pk = Packer(train, spec, tok.bos_token_id, NeedleBuilder(train, tok, {"preamble": ""}, 0))
+    for i in range(12):
+        r = pk.row(i)
+        lab = r["labels"]
+        labelled = lab != -100
+        assert r["input_ids"].shape == (1024,)
+        # answers are 8 tokens (" " + 7 digits), each right before a segment end or the row end
+        assert labelled.sum() % 8 == 0 and labelled.sum() > 0
+        if r["is_long"]:
+            assert labelled.sum() == 8 and labelled[-8:].all()
+        text = tok.decode(r["input_ids"][labelled].tolist())
+        assert text.replace(" ", "").isdigit()
+    np.testing.assert_array_equal(pk.row(3)["input_ids"], pk.row(3)["input_ids"])
+
+
 def test_rowwise_rope_matches_hf_switch_per_row(packer, tiny_llama, tmp_path):
     model, _ = tiny_llama
     geom = rope.RopeGeometry.from_hf_config(model.config, original_length=L0)

@@ -187,12 +187,12 @@ def token_dtype(vocab_size: int):
 
 def write_tokenized(docs: list[Document], tokenizer, path_bin: Path, path_idx: Path, batch: int = 256) -> int:
     """Tokenize documents (no special tokens) into a flat array + offsets; returns the token count."""
-    from tqdm import tqdm
+    from . import progress
 
     dtype = token_dtype(len(tokenizer))
     offsets = [0]
     with open(path_bin, "wb") as f:
-        for i in tqdm(range(0, len(docs), batch), desc=f"tokenize {path_bin.stem}", unit="batch", disable=None):
+        for i in progress.bar(range(0, len(docs), batch), desc=f"tokenize {path_bin.stem}", unit="batch"):
             enc = tokenizer([d.text for d in docs[i : i + batch]], add_special_tokens=False)["input_ids"]
             for ids in enc:
                 np.asarray(ids, dtype=dtype).tofile(f)

@@ -6,6 +6,10 @@
 - long rows: documents longer than L0, a window of up to the target length each (several long
   documents when one is shorter than the row), positions 0..L-1, full causal attention over the row.
 
+With ``needle_fraction > 0`` a packed document is, with that probability, a RULER-style needle sample
+of the same length (labels on its answer only) instead of plain text: the scale model was pre-trained
+on such samples only, and fine-tuning it on plain text alone would train a different task.
+
 Row ``i`` is a pure function of ``(seed, i)``: the data position of a resumed run is just its step, and
 DDP ranks take disjoint row indices.
 """
@@ -29,11 +33,14 @@ class RowSpec:
     short_fraction: float  # probability that a row is a short-window row
     seed: int
     min_short: int = 16  # shortest short document worth packing
+    needle_fraction: float = 0.0  # probability that a packed document is a needle sample
 
 
 class Packer:
-    def __init__(self, corpus: TokenizedCorpus, spec: RowSpec, bos: int):
-        self.c, self.spec, self.bos = corpus, spec, bos
+    def __init__(self, corpus: TokenizedCorpus, spec: RowSpec, bos: int, needles=None):
+        self.c, self.spec, self.bos, self.needles = corpus, spec, bos, needles
+        if spec.needle_fraction > 0 and needles is None:
+            raise ValueError("needle_fraction > 0 needs a NeedleBuilder")
         lengths = corpus.lengths()
         self.long_docs = np.flatnonzero(lengths > spec.original_length)
         self.any_docs = np.flatnonzero(lengths >= spec.min_short)
@@ -51,6 +58,14 @@ class Packer:
         ids, pos, lab = (np.empty(L, np.int64) for _ in range(3))
         filled = 0
         while filled < L:
+            filler = False
+            if self.spec.needle_fraction and rng.random() < self.spec.needle_fraction:
+                n = self._needle_document(rng, L - filled if is_long else min(L - filled, self.spec.original_length),
+                                          is_long, filled, ids, pos, lab)
+                if n:
+                    filled += n
+                    continue
+                filler = True  # too little room left for a needle sample: unlabelled text fills it
             if is_long:
                 doc = self.c[int(rng.choice(self.long_docs))]
                 take = min(L - filled - 1, len(doc))
@@ -69,8 +84,24 @@ class Packer:
             lab[filled : filled + n] = ids[filled : filled + n]
             if not is_long or filled > 0:
                 lab[filled] = IGNORE_INDEX  # never predict a document's BOS from the previous document
+            if filler:
+                lab[filled : filled + n] = IGNORE_INDEX
             filled += n
         return {"input_ids": ids, "position_ids": pos, "labels": lab, "is_long": np.bool_(is_long)}
+
+    def _needle_document(self, rng, room: int, is_long: bool, at: int, ids, pos, lab) -> int:
+        """Write a needle sample of ``room`` (long rows) or half-to-all of ``room`` tokens at ``at``; returns
+        its length, 0 when it does not fit the template."""
+        n = room if is_long else int(rng.integers(room // 2, room + 1))
+        self.needles.rng.seed(int(rng.integers(2**63)))
+        try:
+            sample = self.needles.sample(n, int(rng.integers(1, 3)))
+        except ConfigError:
+            return 0
+        ids[at : at + n] = sample.input_ids
+        pos[at : at + n] = np.arange(at, at + n) if is_long else np.arange(n)
+        lab[at : at + n] = sample.labels
+        return n
 
     def batch(self, indices) -> dict[str, torch.Tensor]:
         rows = [self.row(int(i)) for i in indices]

@@ -31,12 +31,11 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
-from tqdm import tqdm
 
-from .. import models, rope
+from .. import models, progress, rope
 from ..artifacts import StageRun
 from ..corpus import TokenizedCorpus
-from ..needles import IGNORE_INDEX
+from ..needles import IGNORE_INDEX, NeedleBuilder
 from ..packing import Packer, RowSpec
 
 NAME = "finetune"
@@ -149,8 +148,11 @@ def run(cfg: dict, out: str, args: argparse.Namespace) -> None:
     model = wrap(CausalLMLoss(lm, p["ce_chunk"]), world, p["parallel"], device)
     opt = torch.optim.AdamW(model.parameters(), lr=p["lr"], betas=(0.9, 0.95), weight_decay=0.0)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(p))
-    spec = RowSpec(target, geom.original_length, 0.0 if args.no_mixed else p["short_fraction"], seed)
-    packer = Packer(TokenizedCorpus(args.corpus, "train"), spec, tok.bos_token_id)
+    spec = RowSpec(target, geom.original_length, 0.0 if args.no_mixed else p["short_fraction"], seed,
+                   needle_fraction=p["needle_fraction"])
+    train = TokenizedCorpus(args.corpus, "train")
+    needles = NeedleBuilder(train, tok, cfg["needles"].get("template"), seed) if p["needle_fraction"] else None
+    packer = Packer(train, spec, tok.bos_token_id, needles)
     rows_per_step = p["batch_size"] * p["grad_accum"] * world
 
     ckpt = Path(args.checkpoint_dir or Path(out).parent / ".checkpoints" / f"finetune-{args.label}") / "last.pt"
@@ -169,7 +171,7 @@ def run(cfg: dict, out: str, args: argparse.Namespace) -> None:
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
     t0 = time.perf_counter() - (log[-1]["wall_s"] if log else 0.0)
     tokens = log[-1]["tokens"] if log else 0
-    bar = tqdm(range(start, steps), initial=start, total=steps, desc=f"finetune {args.label}", disable=rank != 0 or None)
+    bar = progress.bar(range(start, steps), initial=start, total=steps, desc=f"finetune {args.label}", enabled=rank == 0)
     for step in bar:
         loss_sum, n_tok, n_long = 0.0, 0, 0
         for micro in range(p["grad_accum"]):

@@ -23,8 +23,8 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
 
+from .. import progress
 from ..artifacts import StageRun
 from ..corpus import TokenizedCorpus
 from ..needles import IGNORE_INDEX, NeedleBuilder
@@ -134,7 +134,7 @@ def run(cfg: dict, out: str, args: argparse.Namespace) -> None:
     n_params = sum(q.numel() for q in model.parameters())
     t0 = time.perf_counter() - (log[-1]["wall_s"] if log else 0.0)
     tokens = log[-1]["tokens"] if log else 0
-    bar = tqdm(range(start, p["steps"]), initial=start, total=p["steps"], desc="pretrain", disable=None)
+    bar = progress.bar(range(start, p["steps"]), initial=start, total=p["steps"], desc="pretrain")
     model.train()
     for step in bar:
         if step % p["eval_every"] == 0:
@@ -183,5 +183,5 @@ def evaluate(model, cfg, corpus_dir, tok, step, wall, tokens) -> dict:
     torch.set_rng_state(rng_state)
     model.train()
     rec = {"step": step, "wall_s": round(wall, 1), "tokens": tokens, "acc_single": single, "acc_multi": multi}
-    tqdm.write(str(rec))
+    progress.write(str(rec))
     return rec

@@ -12,9 +12,8 @@ import argparse
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
-from .. import models, scoring
+from .. import models, progress, scoring
 from ..artifacts import StageRun
 from ..corpus import TokenizedCorpus, check_size
 from ..needles import NeedleBuilder
@@ -55,7 +54,7 @@ def run(cfg: dict, out: str, args: argparse.Namespace) -> None:
     result = {"lengths": {}, "samples": rc["samples"], "nll": {}}
     with StageRun("retrieval", out, subset, inputs=[args.model, args.corpus], seed=cfg["experiment"]["seed"]) as run_:
         jobs = [(L, name, k) for L in lengths for name, k in (("single", 1), ("multi", 4))]
-        for L, name, k in tqdm(jobs, desc="retrieval", disable=None):
+        for L, name, k in progress.bar(jobs, desc="retrieval"):
             builder = NeedleBuilder(test, tok, cfg.get("needles", {}).get("template"), seed=cfg["experiment"]["seed"] + 7919 * L + k)
             acc, nll = accuracy(model, builder, L, k, rc["samples"], rc["batch_tokens"])
             result["lengths"].setdefault(str(L), {})[name] = acc

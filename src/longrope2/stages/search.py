@@ -14,9 +14,8 @@ import math
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
-from .. import models, rope
+from .. import models, progress, rope
 from ..artifacts import StageRun
 from ..config import config_hash
 from ..errors import ConfigError
@@ -104,15 +103,15 @@ def run(cfg: dict, out: str, args: argparse.Namespace) -> None:
     ckpt_dir = Path(args.checkpoint_dir or Path(out).parent / ".checkpoints" / f"search-{args.method}")
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     log_path = ckpt_dir / f"generations-{config_hash(subset)}.jsonl"  # a changed config starts afresh
-    bar = tqdm(total=scfg.generations + 1, desc=f"search {args.method}", disable=None)
+    bar = progress.bar(total=scfg.generations + 1, desc=f"search {args.method}")
 
-    def progress(t: dict) -> None:
+    def report(t: dict) -> None:
         bar.n = t["generation"] + 1
         bar.set_postfix(best_ppl=f"{math.exp(t['best_nll']):.3f}", d_rcd=t["best_d_rcd"],
                         cand_s=f"{t['evaluated'] / max(t['wall_s'], 1e-9):.2f}")
         bar.refresh()
 
-    search = Search(space, fitness, scfg, seed, log_path, seeds, progress)
+    search = Search(space, fitness, scfg, seed, log_path, seeds, report)
     best = search.run()
     bar.close()
     scaling = space.scaling(best)
