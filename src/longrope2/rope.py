@@ -26,6 +26,10 @@ from .errors import ConfigError
 # --------------------------------------------------------------------------------------------------
 
 
+ROPE_MODEL_TYPES = {"llama", "mistral", "qwen2", "phi3", "gemma", "qwen3"}
+ABSOLUTE_POSITION_MODELS = {"gpt2", "bert", "opt", "bloom", "gpt_bigcode"}
+
+
 @dataclass(frozen=True)
 class RopeGeometry:
     """What RoPE scaling depends on: rotary dim (head_dim x partial_rotary_factor), base, L0."""
@@ -88,10 +92,9 @@ class RopeGeometry:
         parameters), ``max_position_embeddings``.
         """
         get = config.get if isinstance(config, Mapping) else (lambda k, d=None: getattr(config, k, d))
-        if get("model_type") in {"gpt2", "bert", "opt", "bloom", "gpt_bigcode"} or (
-            get("rope_parameters") is None and get("rope_theta") is None and get("rope_scaling") is None
-            and get("model_type") not in {"llama", "mistral", "qwen2", "phi3"}
-        ):
+        # a RoPE model names its base or rope parameters; old Llama-family configs may omit both
+        has_rope_keys = any(get(k) is not None for k in ("rope_parameters", "rope_theta", "rope_scaling"))
+        if get("model_type") in ABSOLUTE_POSITION_MODELS or not (has_rope_keys or get("model_type") in ROPE_MODEL_TYPES):
             raise ConfigError(
                 "model", f"model_type {get('model_type')!r} has no rotary position embedding; use a RoPE model "
                 "(llama, mistral, qwen2, phi3, ...)"

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -63,3 +64,18 @@ def score_naive(model, input_ids: torch.Tensor, labels: torch.Tensor) -> Scores:
     nll = F.cross_entropy(logits.transpose(1, 2), target.clamp(min=0), reduction="none") * mask
     correct = (logits.argmax(-1) == target) | ~mask
     return Scores(nll.sum(1).cpu(), mask.sum(1).cpu(), correct.all(1).cpu() & (mask.sum(1) > 0).cpu())
+
+
+def needle_accuracy(model, builder, length: int, n_needles: int, n: int, batch_tokens: int) -> tuple[float, float]:
+    """(accuracy, mean answer NLL) over n samples of one length."""
+    device = next(model.parameters()).device
+    bs = max(1, batch_tokens // length)
+    hits, nll = [], []
+    for start in range(0, n, bs):
+        batch = [builder.sample(length, n_needles) for _ in range(min(bs, n - start))]
+        ids = torch.from_numpy(np.stack([s.input_ids for s in batch])).to(device)
+        lab = torch.from_numpy(np.stack([s.labels for s in batch])).to(device)
+        sc = score(model, ids, lab)
+        hits += sc.all_correct.tolist()
+        nll += sc.nll.tolist()
+    return float(np.mean(hits)), float(np.mean(nll))

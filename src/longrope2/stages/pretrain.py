@@ -24,11 +24,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .. import progress
+from .. import progress, scoring
 from ..artifacts import StageRun
 from ..corpus import TokenizedCorpus
 from ..needles import IGNORE_INDEX, NeedleBuilder
-from ..stages.retrieval import accuracy
 
 NAME = "pretrain"
 HELP = "pretrain the offline scale model (retrieval curriculum), resumable"
@@ -178,8 +177,8 @@ def evaluate(model, cfg, corpus_dir, tok, step, wall, tokens) -> dict:
     model.eval()
     rng_state = torch.get_rng_state()
     template = cfg.get("needles", {}).get("template")
-    single = accuracy(model, NeedleBuilder(val, tok, template, seed=101), l0, 1, p["eval_samples"], 8192)[0]
-    multi = accuracy(model, NeedleBuilder(val, tok, template, seed=202), l0, 4, p["eval_samples"], 8192)[0]
+    single = scoring.needle_accuracy(model, NeedleBuilder(val, tok, template, seed=101), l0, 1, p["eval_samples"], 8192)[0]
+    multi = scoring.needle_accuracy(model, NeedleBuilder(val, tok, template, seed=202), l0, 4, p["eval_samples"], 8192)[0]
     torch.set_rng_state(rng_state)
     model.train()
     rec = {"step": step, "wall_s": round(wall, 1), "tokens": tokens, "acc_single": single, "acc_multi": multi}

@@ -10,9 +10,6 @@ from __future__ import annotations
 
 import argparse
 
-import numpy as np
-import torch
-
 from .. import models, progress, scoring
 from ..artifacts import StageRun
 from ..corpus import TokenizedCorpus, check_size
@@ -25,21 +22,6 @@ HELP = "needle retrieval accuracy of the base model at L0 and multiples of it (n
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, metavar="DIR", help="base model folder (HF layout)")
     p.add_argument("--corpus", required=True, metavar="DIR", help="tokenized corpus folder (test split is used)")
-
-
-def accuracy(model, builder: NeedleBuilder, length: int, n_needles: int, n: int, batch_tokens: int) -> tuple[float, float]:
-    """(accuracy, mean answer NLL) over n samples of one length."""
-    device = next(model.parameters()).device
-    bs = max(1, batch_tokens // length)
-    hits, nll = [], []
-    for start in range(0, n, bs):
-        batch = [builder.sample(length, n_needles) for _ in range(min(bs, n - start))]
-        ids = torch.from_numpy(np.stack([s.input_ids for s in batch])).to(device)
-        lab = torch.from_numpy(np.stack([s.labels for s in batch])).to(device)
-        sc = scoring.score(model, ids, lab)
-        hits += sc.all_correct.tolist()
-        nll += sc.nll.tolist()
-    return float(np.mean(hits)), float(np.mean(nll))
 
 
 def run(cfg: dict, out: str, args: argparse.Namespace) -> None:
@@ -56,7 +38,7 @@ def run(cfg: dict, out: str, args: argparse.Namespace) -> None:
         jobs = [(L, name, k) for L in lengths for name, k in (("single", 1), ("multi", 4))]
         for L, name, k in progress.bar(jobs, desc="retrieval"):
             builder = NeedleBuilder(test, tok, cfg.get("needles", {}).get("template"), seed=cfg["experiment"]["seed"] + 7919 * L + k)
-            acc, nll = accuracy(model, builder, L, k, rc["samples"], rc["batch_tokens"])
+            acc, nll = scoring.needle_accuracy(model, builder, L, k, rc["samples"], rc["batch_tokens"])
             result["lengths"].setdefault(str(L), {})[name] = acc
             result["nll"].setdefault(str(L), {})[name] = nll
             print(f"L={L} {name}: acc={acc:.3f} answer-nll={nll:.3f}", flush=True)
