@@ -118,7 +118,3 @@ def geometry(cfg: Mapping):
     from .rope import RopeGeometry
 
     return RopeGeometry.from_mapping(cfg["model"]["geometry"])
-
-
-def results_dir(cfg: Mapping, root: str | Path = "results") -> Path:
-    return Path(root) / cfg["experiment"]["name"]

@@ -206,10 +206,6 @@ class RopeScaling:
         """True when short and long factors differ, i.e. the model switches at L0 like HF longrope."""
         return not np.allclose(self.long_factor, self.short_factor, rtol=0, atol=0)
 
-    def factors_for_length(self, length: int) -> np.ndarray:
-        # HF selects long factors when max(position_ids)+1 > original_max_position_embeddings
-        return self.long_factor if length > self.geometry.original_length else self.short_factor
-
     def to_dict(self) -> dict[str, Any]:
         return {
             "method": self.method,
@@ -583,11 +579,3 @@ class RowwiseRotary(torch.nn.Module):
         emb = torch.cat((freqs, freqs), dim=-1)
         cos, sin = emb.cos() * self.attention_scaling, emb.sin() * self.attention_scaling
         return cos.to(x.dtype), sin.to(x.dtype)
-
-
-def install_rowwise(model, scaling: RopeScaling):
-    """Put a :class:`RowwiseRotary` into the model (training); returns the original module to restore."""
-    base = model.base_model
-    original = base.rotary_emb
-    base.rotary_emb = RowwiseRotary(scaling, original.inv_freq.device)
-    return original

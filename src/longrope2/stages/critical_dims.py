@@ -33,6 +33,7 @@ def analyse(geom: rope.RopeGeometry, target: int) -> dict[str, Any]:
     # LongRoPE2's search seed (d_rcd = d_tcd, all searched pairs = s) shows where the search starts
     methods["longrope2_init"] = rope.longrope2(geom, target)
     per = rope.periods(geom)
+    rot_l0, rot_target = rope.rotations(geom, geom.original_length), rope.rotations(geom, target)
     pairs = []
     for i in range(geom.n_pairs):
         pairs.append(
@@ -40,8 +41,8 @@ def analyse(geom: rope.RopeGeometry, target: int) -> dict[str, Any]:
                 "pair": i,
                 "dims": [2 * i, 2 * i + 1],
                 "period": float(per[i]),
-                "rotations_L0": float(geom.original_length / per[i]),
-                "rotations_target": float(target / per[i]),
+                "rotations_L0": float(rot_l0[i]),
+                "rotations_target": float(rot_target[i]),
                 "factors": {m: float(sc.long_factor[i]) for m, sc in methods.items()},
             }
         )
