@@ -1,6 +1,5 @@
 """Config validation: bad values fail before any work with one line naming the key and what is allowed."""
 
-from pathlib import Path
 
 import pytest
 import yaml

@@ -4,7 +4,6 @@ import math
 
 import numpy as np
 import pytest
-import torch
 from transformers import LlamaConfig, Phi3Config
 from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 

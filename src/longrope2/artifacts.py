@@ -8,6 +8,7 @@ failure leaves no partial artifact behind.
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import json
 import os
@@ -165,6 +166,14 @@ class StageRun:
         with open(p, "w") as f:
             json.dump(obj, f, indent=2, default=_json_default)
             f.write("\n")
+        return p
+
+    def write_csv(self, name: str, rows: list[Mapping[str, Any]]) -> Path:
+        p = self.path(name)
+        with open(p, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=list(rows[0]))
+            w.writeheader()
+            w.writerows(rows)
         return p
 
     def write_text(self, name: str, text: str) -> Path:

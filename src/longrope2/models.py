@@ -96,12 +96,13 @@ def device_and_dtype():
     return torch.device("cpu"), torch.float32
 
 
-def load_pretrained(path: str | Path, device=None, dtype=None):
-    """(model, tokenizer) from a normalized HF folder, in eval mode on the chosen device."""
+def load_pretrained(path: str | Path, device=None, dtype=None, **kwargs):
+    """(model, tokenizer) from a normalized HF folder, in eval mode on the chosen device; ``kwargs`` go to
+    ``from_pretrained`` (e.g. ``attn_implementation``)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     if not (Path(path) / "config.json").is_file():
         raise ConfigError("--model", f"{path} is not a model folder (no config.json)")
     dev, dt = device_and_dtype()
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype or dt).to(device or dev).eval()
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype or dt, **kwargs).to(device or dev).eval()
     return model, AutoTokenizer.from_pretrained(path)

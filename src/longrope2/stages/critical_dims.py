@@ -8,7 +8,6 @@ L0 and inside the target, and every training-free baseline's factor at the targe
 from __future__ import annotations
 
 import argparse
-import math
 from typing import Any
 
 import numpy as np

@@ -8,6 +8,7 @@ without it the model's own config decides (fine-tuned exports carry their rope p
 from __future__ import annotations
 
 import argparse
+import json
 import math
 from pathlib import Path
 
@@ -29,8 +30,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(cfg: dict, out: str, args: argparse.Namespace) -> None:
-    import json
-
     meta = json.loads((Path(args.needles) / "needles.json").read_text())
     model, _ = models.load_pretrained(args.model)
     if args.factors:

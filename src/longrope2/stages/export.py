@@ -57,6 +57,14 @@ def check_geometry(have: rope.RopeGeometry, want: rope.RopeGeometry, key: str, w
             raise ConfigError(key, f"{name} is {a}, {what} says {b}")
 
 
+def write_checkpoint(run_: StageRun, model, tok, scaling: rope.RopeScaling, **extra) -> None:
+    """``model/`` (stock-transformers folder with the method's rope parameters) and ``rope.json``."""
+    rope.apply_scaling(model, scaling)  # also sets model.config.rope_parameters / max_position_embeddings
+    model.save_pretrained(run_.path("model"), safe_serialization=True)
+    tok.save_pretrained(run_.path("model"))
+    run_.write_json("rope.json", scaling.to_dict() | extra)
+
+
 def run(cfg: dict, out: str, args: argparse.Namespace) -> None:
     import torch
 
@@ -66,13 +74,10 @@ def run(cfg: dict, out: str, args: argparse.Namespace) -> None:
     model, tok = models.load_pretrained(args.model, device="cpu", dtype=torch.float32)
     found = rope.RopeGeometry.from_hf_config(model.config, original_length=geom.original_length)
     check_geometry(found, geom, "--model", f"the factors file {args.factors}", _GEOMETRY_KEYS[:3])
-    rope.apply_scaling(model, scaling)  # also sets model.config.rope_parameters / max_position_embeddings
     subset = {"model": {"geometry": cfg["model"]["geometry"]}}
     with StageRun("export", out, subset, inputs=[args.model, args.factors], seed=None,
                   extra={"method": scaling.method}) as run_:
-        model.save_pretrained(run_.path("model"), safe_serialization=True)
-        tok.save_pretrained(run_.path("model"))
-        run_.write_json("rope.json", scaling.to_dict())
+        write_checkpoint(run_, model, tok, scaling)
     rp = model.config.rope_parameters
     print(f"exported {scaling.method} (rope_type={rp['rope_type']}, L0={geom.original_length} -> "
           f"{scaling.target_length}, switches={scaling.switches}) -> {Path(out) / 'model'}")

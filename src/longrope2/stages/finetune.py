@@ -20,8 +20,7 @@ GPU set ``finetune.attn_implementation: flex_attention`` (block-sparse BlockMask
 from __future__ import annotations
 
 import argparse
-import csv
-import math
+import json
 import os
 import time
 from contextlib import nullcontext
@@ -37,6 +36,8 @@ from ..artifacts import StageRun
 from ..corpus import TokenizedCorpus
 from ..needles import IGNORE_INDEX, NeedleBuilder
 from ..packing import Packer, RowSpec
+from ..training import warmup_cosine
+from .export import write_checkpoint
 
 NAME = "finetune"
 HELP = "mixed context window fine-tuning of one method (resumable; DDP/FSDP under torchrun)"
@@ -49,7 +50,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--label", required=True, help="method name (e.g. longrope2, longrope2_no_mixed)")
     p.add_argument("--no-mixed", action="store_true", help="ablation: all rows long, no per-document masks")
     p.add_argument("--checkpoint-dir", metavar="DIR", help="resumable checkpoints (default <out>/../.checkpoints/<label>)")
-    p.add_argument("--max-steps", type=int, help="stop after this many steps (for benchmarks; no export)")
+    p.add_argument("--max-steps", type=int, help="stop after this many steps with a checkpoint (resumable; no export)")
 
 
 class CausalLMLoss(torch.nn.Module):
@@ -75,15 +76,6 @@ class CausalLMLoss(torch.nn.Module):
 
 def _ce_sum(head, rows, tgt):
     return F.cross_entropy(head(rows).float(), tgt, reduction="sum")
-
-
-def lr_lambda(p: dict):
-    def f(step: int) -> float:
-        warm = min(1.0, (step + 1) / p["warmup_steps"])
-        cos = 0.5 * (1 + math.cos(math.pi * min(1.0, step / p["steps"])))
-        return warm * (p["min_lr_ratio"] + (1 - p["min_lr_ratio"]) * cos)
-
-    return f
 
 
 def setup_distributed():
@@ -114,12 +106,24 @@ def wrap(model: torch.nn.Module, world: int, mode: str, device):
     return DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
 
 
-def state_dicts(model, opt, world: int, mode: str):
+def state_dicts(model, opt):
     """Full (unsharded) model and optimizer state on CPU, the same for DDP, FSDP and one process."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict, get_optimizer_state_dict
 
     opts = StateDictOptions(full_state_dict=True, cpu_offload=True)
     return get_model_state_dict(model, options=opts), get_optimizer_state_dict(model, opt, options=opts)
+
+
+def save_checkpoint(path: Path, model, opt, sched, step: int, log: list, rank: int, world: int) -> None:
+    """Full model/optimizer state gathered on every rank, written atomically by rank 0."""
+    model_sd, opt_sd = state_dicts(model, opt)
+    if rank == 0:
+        tmp = path.with_suffix(".tmp")
+        torch.save({"step": step, "model": model_sd, "optimizer": opt_sd, "scheduler": sched.state_dict(),
+                    "torch_rng": torch.get_rng_state(), "log": log}, tmp)
+        tmp.replace(path)
+    if world > 1:
+        dist.barrier()
 
 
 def load_state_dicts(model, opt, model_sd, opt_sd):
@@ -131,23 +135,22 @@ def load_state_dicts(model, opt, model_sd, opt_sd):
 
 
 def run(cfg: dict, out: str, args: argparse.Namespace) -> None:
-    import json
-
     p, seed = cfg["finetune"], cfg["experiment"]["seed"]
     geom = rope.RopeGeometry.from_mapping(cfg["model"]["geometry"])
     target = cfg["extension"]["target_length"]
     scaling = rope.scaling_from_dict(json.loads(Path(args.factors).read_text()))
     rank, world, device = setup_distributed()
     torch.manual_seed(seed)
-    lm, tok = models.load_pretrained(args.model, device=device, dtype=torch.float32)
-    lm.config._attn_implementation = p["attn_implementation"]
+    lm, tok = models.load_pretrained(args.model, device=device, dtype=torch.float32,
+                                     attn_implementation=p["attn_implementation"])
     lm.base_model.rotary_emb = rope.RowwiseRotary(scaling, device)
     if p["gradient_checkpointing"]:
         lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     lm.train()
     model = wrap(CausalLMLoss(lm, p["ce_chunk"]), world, p["parallel"], device)
     opt = torch.optim.AdamW(model.parameters(), lr=p["lr"], betas=(0.9, 0.95), weight_decay=0.0)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(p))
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda step: warmup_cosine(step, p["steps"], p["warmup_steps"], p["min_lr_ratio"]))
     spec = RowSpec(target, geom.original_length, 0.0 if args.no_mixed else p["short_fraction"], seed,
                    needle_fraction=p["needle_fraction"])
     train = TokenizedCorpus(args.corpus, "train")
@@ -194,28 +197,19 @@ def run(cfg: dict, out: str, args: argparse.Namespace) -> None:
                "grad_norm": float(grad_norm), "long_rows": n_long, "tokens": tokens, "wall_s": round(wall, 2)}
         log.append(rec)
         bar.set_postfix(loss=f"{rec['loss']:.3f}", tok_s=f"{tokens / wall:.0f}")
-        if (step + 1) % p["checkpoint_every"] == 0 and step + 1 < p["steps"]:
-            model_sd, opt_sd = state_dicts(model, opt, world, p["parallel"])
-            if rank == 0:
-                tmp = ckpt.with_suffix(".tmp")
-                torch.save({"step": step + 1, "model": model_sd, "optimizer": opt_sd, "scheduler": sched.state_dict(),
-                            "torch_rng": torch.get_rng_state(), "log": log}, tmp)
-                tmp.replace(ckpt)
-            if world > 1:
-                dist.barrier()
-    if args.max_steps is not None and args.max_steps < p["steps"]:
+        if step + 1 < p["steps"] and ((step + 1) % p["checkpoint_every"] == 0 or step + 1 == steps):
+            save_checkpoint(ckpt, model, opt, sched, step + 1, log, rank, world)
+    if steps < p["steps"]:  # --max-steps: a slice of the run, resumable from its checkpoint, no export
         if rank == 0:
-            print(json.dumps({"steps": len(log) - start, "tokens_per_s": (tokens - (log[start - 1]["tokens"] if start else 0))
-                              / max(log[-1]["wall_s"] - (log[start - 1]["wall_s"] if start else 0), 1e-9)}))
-        return
-    model_sd, _ = state_dicts(model, opt, world, p["parallel"])
-    if rank == 0:
-        export(cfg, out, args, scaling, model_sd, log)
+            print(f"stopped at step {steps} of {p['steps']} (checkpoint {ckpt})", flush=True)
+    else:
+        model_sd, _ = state_dicts(model, opt)
+        if rank == 0:
+            export(cfg, out, args, scaling, model_sd, log)
+            ckpt.unlink(missing_ok=True)
     if world > 1:
         dist.barrier()
         dist.destroy_process_group()
-    if rank == 0:
-        ckpt.unlink(missing_ok=True)
 
 
 def export(cfg, out, args, scaling, model_sd, log) -> None:
@@ -225,18 +219,12 @@ def export(cfg, out, args, scaling, model_sd, log) -> None:
     the training-only rotary module and checkpointing wrappers."""
     lm, tok = models.load_pretrained(args.model, device="cpu", dtype=torch.float32)
     lm.load_state_dict({k.removeprefix("lm."): v for k, v in model_sd.items()})
-    rope.apply_scaling(lm, scaling)
     p = cfg["finetune"]
     subset = {"finetune": p, "label": args.label, "no_mixed": args.no_mixed, "seed": cfg["experiment"]["seed"],
               "extension": cfg["extension"]}
     with StageRun("finetune", out, subset, inputs=[args.model, args.corpus, args.factors], seed=cfg["experiment"]["seed"],
                   extra={"train_wall_s": log[-1]["wall_s"], "tokens": log[-1]["tokens"]}) as run_:
-        lm.save_pretrained(run_.path("model"), safe_serialization=True)
-        tok.save_pretrained(run_.path("model"))
-        run_.write_json("rope.json", scaling.to_dict() | {"finetuned": args.label, "no_mixed": args.no_mixed})
-        with open(run_.path("train_log.csv"), "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=list(log[0]))
-            w.writeheader()
-            w.writerows(log)
+        write_checkpoint(run_, lm, tok, scaling, finetuned=args.label, no_mixed=args.no_mixed)
+        run_.write_csv("train_log.csv", log)
     print(f"fine-tuned {args.label}: {len(log)} steps, {log[-1]['tokens']} tokens, final loss {log[-1]['loss']:.4f}, "
           f"{log[-1]['tokens'] / log[-1]['wall_s']:.0f} tok/s -> {out}")

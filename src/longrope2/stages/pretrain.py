@@ -14,13 +14,10 @@ continues from it and ends with the same weights as an uninterrupted one.
 from __future__ import annotations
 
 import argparse
-import csv
-import math
 import random
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -28,6 +25,7 @@ from .. import progress, scoring
 from ..artifacts import StageRun
 from ..corpus import TokenizedCorpus
 from ..needles import IGNORE_INDEX, NeedleBuilder
+from ..training import warmup_cosine
 
 NAME = "pretrain"
 HELP = "pretrain the offline scale model (retrieval curriculum), resumable"
@@ -58,12 +56,6 @@ def curriculum_at(curriculum: list[dict], step: int) -> list[dict]:
     """The options of the last curriculum stage that has started (one is drawn per step)."""
     started = max(c["from_step"] for c in curriculum if c["from_step"] <= step)
     return [c for c in curriculum if c["from_step"] == started]
-
-
-def lr_at(step: int, p: dict) -> float:
-    warm = min(1.0, (step + 1) / p["warmup_steps"])
-    cos = 0.5 * (1 + math.cos(math.pi * min(1.0, step / p["steps"])))
-    return p["lr"] * warm * (p["min_lr_ratio"] + (1 - p["min_lr_ratio"]) * cos)
 
 
 def make_batch(builder: NeedleBuilder, opt: dict, batch_size: int, pad_id: int):
@@ -139,7 +131,7 @@ def run(cfg: dict, out: str, args: argparse.Namespace) -> None:
         if step % p["eval_every"] == 0:
             log.append(evaluate(model, cfg, args.corpus, tok, step, time.perf_counter() - t0, tokens))
         for g in opt.param_groups:
-            g["lr"] = lr_at(step, p)
+            g["lr"] = p["lr"] * warmup_cosine(step, p["steps"], p["warmup_steps"], p["min_lr_ratio"])
         option = curriculum_rng.choice(curriculum_at(p["curriculum"], step))
         ids, lab = make_batch(train, option, p["batch_size"], tok.pad_token_id)
         loss, answer_loss = loss_fn(model, ids, lab, p["lm_weight"], tok.pad_token_id)
@@ -158,10 +150,7 @@ def run(cfg: dict, out: str, args: argparse.Namespace) -> None:
                   extra={"train_wall_s": round(wall, 1), "parameters": n_params}) as run_:
         model.save_pretrained(run_.path("model"), safe_serialization=True)
         tok.save_pretrained(run_.path("model"))
-        with open(run_.path("pretrain_curve.csv"), "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=list(log[0]))
-            w.writeheader()
-            w.writerows(log)
+        run_.write_csv("pretrain_curve.csv", log)
         run_.write_json("pretrain.json", {"parameters": n_params, "steps": p["steps"], "tokens": tokens,
                                           "wall_s": round(wall, 1), "tokens_per_s": round(tokens / wall), "final": log[-1]})
     ckpt.unlink(missing_ok=True)

@@ -9,7 +9,6 @@ Outputs ``factors.json`` (keys ``method``, ``d_rcd``, ``long_factor``, ``short_f
 from __future__ import annotations
 
 import argparse
-import csv
 import math
 from pathlib import Path
 
@@ -124,10 +123,7 @@ def run(cfg: dict, out: str, args: argparse.Namespace) -> None:
     }
     with StageRun("search", out, subset, inputs=[args.model, Path(args.needles) / f"{objective}.npz"], seed=seed) as run_:
         run_.write_json("factors.json", result)
-        with open(run_.path("trace.csv"), "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=list(search.trace[0]))
-            w.writeheader()
-            w.writerows(search.trace)
+        run_.write_csv("trace.csv", search.trace)
         plot(search.trace, scaling, geom, target, run_.path("search.png"))
     print(f"{args.method}: d_rcd={scaling.extra.get('d_rcd')} (d_tcd={rope.critical_dim(geom)}) "
           f"{objective} ppl={math.exp(nll):.4f} acc={acc:.3f} after {len(search.cache)} candidates, "
