@@ -33,8 +33,10 @@ def main() -> None:
     import torch
 
     from longrope2 import config, models, rope
-    from longrope2.search import Evaluator, Search, SearchConfig, Space
-    from longrope2.stages.needles import load_set
+    from longrope2.checkpoints import GenerationLog
+    from longrope2.needles import load_set
+    from longrope2.scoring import Evaluator
+    from longrope2.search import Search, SearchConfig, Space
 
     torch.set_num_threads(args.threads)
     cfg = config.load(args.config)
@@ -51,7 +53,7 @@ def main() -> None:
             scfg = SearchConfig(**{**base.__dict__, "racing": racing, "race_samples": args.race_samples,
                                    "race_keep": args.race_keep})
             fitness = Evaluator(model, data["input_ids"], data["labels"], sc["batch_tokens"])
-            search = Search(space, fitness, scfg, cfg["experiment"]["seed"], Path(tmp) / f"{name}.jsonl")
+            search = Search(space, fitness, scfg, cfg["experiment"]["seed"], GenerationLog(Path(tmp) / f"{name}.jsonl", name))
             best = search.run()
             runs[name] = {"trace": search.trace, "best": best}
     target_nll = runs["paper_protocol"]["trace"][-1]["best_nll"]

@@ -14,14 +14,12 @@ rule critical_dims:
         BENCH / "critical_dims.tsv"
     conda:
         "../envs/longrope2.yaml"
-    threads: 1
+    threads: RES["critical-dims"]["threads"]
     resources:
-        mem_mb=1000,
-        runtime=10,
+        mem_mb=RES["critical-dims"]["mem_mb"],
+        runtime=runtime("critical-dims"),
     params:
-        cmd=stage_cmd("critical-dims"),
-        geometry=config["model"]["geometry"],
-        target_length=config["extension"]["target_length"],
-        options=config["critical_dims"],
+        config=stage_config("critical-dims"),
+        out=folder("manifest"),
     shell:
-        "{params.cmd} --out $(dirname {output.json}) > {log} 2>&1"
+        "longrope2 critical-dims --config-json {params.config:q} --out {params.out:q} > {log:q} 2>&1"

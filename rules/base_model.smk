@@ -1,31 +1,30 @@
 rule corpus:
     """Documents -> split -> (scale model: tokenizer) -> memory-mapped token arrays."""
     input:
-        tokenizer=corpus_tokenizer(),
+        tokenizer=[] if IS_SCALE else IMPORTED / "model",
     output:
-        meta=RESULTS / "corpus" / "corpus.json",
-        tokens=expand(RESULTS / "corpus" / "{split}.bin", split=SPLITS),
-        offsets=expand(RESULTS / "corpus" / "{split}.idx.npy", split=SPLITS),
-        manifest=RESULTS / "corpus" / "manifest.json",
+        **({"tokenizer": directory(CORPUS / "tokenizer")} if IS_SCALE else {}),
+        meta=CORPUS / "corpus.json",
+        tokens=expand(CORPUS / "{split}.bin", split=SPLITS),
+        offsets=expand(CORPUS / "{split}.idx.npy", split=SPLITS),
+        manifest=CORPUS / "manifest.json",
     log:
         LOGS / "corpus.log",
     benchmark:
         BENCH / "corpus.tsv"
     conda:
         "../envs/longrope2.yaml"
-    threads: 2
+    threads: RES["corpus"]["threads"]
     resources:
-        mem_mb=4000,
-        runtime=30,
+        mem_mb=RES["corpus"]["mem_mb"],
+        runtime=runtime("corpus"),
     params:
-        cmd=stage_cmd("corpus"),
-        tokenizer=lambda wc, input: (
-            f"--tokenizer {input.tokenizer}" if input.tokenizer else ""
-        ),
-        corpus=config["corpus"],
-        tokenizer_cfg=config["tokenizer"],
+        config=stage_config("corpus"),
+        tokenizer=optional_input("--tokenizer", "tokenizer"),
+        out=folder("manifest"),
     shell:
-        "{params.cmd} {params.tokenizer} --out $(dirname {output.meta}) > {log} 2>&1"
+        "longrope2 corpus --config-json {params.config:q} {params.tokenizer} --out {params.out:q} "
+        "> {log:q} 2>&1"
 
 
 rule import_model:
@@ -40,21 +39,22 @@ rule import_model:
         BENCH / "import_model.tsv"
     conda:
         "../envs/longrope2.yaml"
-    threads: 2
+    threads: RES["import-model"]["threads"]
     resources:
-        mem_mb=8000,
-        runtime=60,
+        mem_mb=RES["import-model"]["mem_mb"],
+        runtime=runtime("import-model"),
     params:
-        cmd=stage_cmd("import-model"),
-        model=config["model"],
+        config=stage_config("import-model"),
+        out=folder("manifest"),
     shell:
-        "{params.cmd} --threads {threads} --out $(dirname {output.geometry}) > {log} 2>&1"
+        "longrope2 import-model --config-json {params.config:q} --threads {threads} "
+        "--out {params.out:q} > {log:q} 2>&1"
 
 
 rule pretrain:
     """The offline scale model: retrieval-curriculum pretraining at L0 (resumable checkpoints)."""
     input:
-        corpus=rules.corpus.output.meta,
+        corpus=CORPUS_FILES,
     output:
         model=directory(RESULTS / "base_model" / "model"),
         curve=report(
@@ -68,29 +68,27 @@ rule pretrain:
         LOGS / "pretrain.log",
     benchmark:
         BENCH / "pretrain.tsv"
-    retries: 1
     conda:
         "../envs/longrope2.yaml"
-    threads: 1  # faster than 2 for a 1M-parameter model (measured)
+    threads: RES["pretrain"]["threads"]
     resources:
-        mem_mb=4000,
-        runtime=lambda wc, attempt: 60 * attempt,
+        mem_mb=RES["pretrain"]["mem_mb"],
+        runtime=runtime("pretrain"),
     params:
-        cmd=stage_cmd("pretrain"),
+        config=stage_config("pretrain"),
+        corpus=CORPUS,
         checkpoints=RESULTS / ".checkpoints" / "pretrain",
-        scale_model=config["scale_model"],
-        pretrain=config["pretrain"],
-        needles=config["needles"],
+        out=folder("manifest"),
     shell:
-        "{params.cmd} --threads {threads} --corpus $(dirname {input.corpus}) "
-        "--checkpoint-dir {params.checkpoints} --out $(dirname {output.summary}) > {log} 2>&1"
+        "longrope2 pretrain --config-json {params.config:q} --threads {threads} --corpus {params.corpus:q} "
+        "--checkpoint-dir {params.checkpoints:q} --out {params.out:q} > {log:q} 2>&1"
 
 
 rule retrieval:
     """Retrieval check of the base model: needle accuracy at L0 and, unscaled, at multiples of L0."""
     input:
         model=base_model(),
-        corpus=rules.corpus.output.meta,
+        corpus=CORPUS_FILES,
     output:
         json=report(
             RESULTS / "base_model" / "retrieval" / "retrieval.json",
@@ -104,14 +102,15 @@ rule retrieval:
         BENCH / "retrieval.tsv"
     conda:
         "../envs/longrope2.yaml"
-    threads: 2
+    threads: RES["retrieval"]["threads"]
     resources:
-        mem_mb=4000,
-        runtime=60,
+        mem_mb=RES["retrieval"]["mem_mb"],
+        runtime=runtime("retrieval"),
+        gpu=RES["retrieval"]["gpu"],
     params:
-        cmd=stage_cmd("retrieval"),
-        retrieval=config["retrieval"],
-        needles=config["needles"],
+        config=stage_config("retrieval"),
+        corpus=CORPUS,
+        out=folder("manifest"),
     shell:
-        "{params.cmd} --threads {threads} --model {input.model} --corpus $(dirname {input.corpus}) "
-        "--out $(dirname {output.json}) > {log} 2>&1"
+        "longrope2 retrieval --config-json {params.config:q} --threads {threads} --model {input.model:q} "
+        "--corpus {params.corpus:q} --out {params.out:q} > {log:q} 2>&1"

@@ -1,5 +1,6 @@
-# Helpers shared by the .smk files: config validation, paths, the stage command line.
+# Helpers shared by the .smk files: config validation, paths, each stage's config subset and resources.
 import os
+import shlex
 import sys
 from pathlib import Path
 
@@ -11,33 +12,17 @@ os.environ.update(
 
 try:
     from longrope2 import config as lr2config
+    from longrope2 import methods as lr2methods
+    from longrope2 import resources as lr2resources
     from longrope2.errors import ConfigError
+    from longrope2.stages import CONFIG_KEYS
 except ImportError as e:
     raise WorkflowError(
         f"the longrope2 package is not importable ({e}); run `bash install.sh` and use .venv/bin/snakemake"
     )
 
-
-def _config_files():
-    """The config files the stage CLIs read: the workflow default first, then --configfile ones, in order."""
-    default = "config/config.yaml"
-    extra = [
-        str(f)
-        for f in workflow.configfiles
-        if os.path.abspath(f) != os.path.abspath(default)
-    ]
-    return [default] + extra
-
-
-CONFIG_FILES = _config_files()
 try:
     lr2config.validate(config)
-    if lr2config.load(CONFIG_FILES) != config:
-        raise ConfigError(
-            "--config",
-            "overrides given on the command line are not seen by the stage CLIs; put them in a file "
-            "and pass it with --configfile",
-        )
 except ConfigError as e:
     raise WorkflowError(f"invalid config: {e}")
 
@@ -49,29 +34,57 @@ IMPORTED = Path("resources") / EXP / "base_model"
 SPLITS = ["train", "validation", "test"]
 IS_SCALE = config["model"]["source"] == "scale"
 SEARCHED = config["search"]["methods"]
-BASELINES = ["none", "pi", "ntk_static", "ntk", "yarn", "ntk_rcd", "yarn_rcd"]
-# the training-free table: original RoPE, the configured methods, the d_rcd-anchored baselines, ablations
-TRAINING_FREE_METHODS = list(
-    dict.fromkeys(
-        ["none", *config["extension"]["methods"], "ntk_rcd", "yarn_rcd", *SEARCHED]
-    )
+TRAINING_FREE = lr2methods.training_free(config)
+BASELINES = [m for m in TRAINING_FREE if m not in SEARCHED]
+FINETUNED = lr2methods.finetuned(config)
+# per-stage threads / mem_mb / runtime (minutes, attempt 1) / gpu, from the model's size and the lengths
+RES = lr2resources.all_stage_resources(
+    config,
+    (
+        None
+        if IS_SCALE or not (IMPORTED / "model" / "config.json").is_file()
+        else IMPORTED / "model" / "config.json"
+    ),
 )
-NO_MIXED_SUFFIX = "_no_mixed"
-FINETUNED = list(config["finetune"]["methods"]) + (
-    [f"longrope2{NO_MIXED_SUFFIX}"] if config["finetune"]["no_mixed_ablation"] else []
-)
-GPU_STAGES = config["model"]["source"] != "scale"
 
 
 wildcard_constraints:
-    method="[a-z0-9_]+",
+    method="|".join(TRAINING_FREE),
     searched="|".join(SEARCHED),
-    ft="[a-z0-9_]+",
+    baseline="|".join(BASELINES),
+    ft="|".join(FINETUNED),
 
 
-def stage_cmd(stage):
-    """The exact command a researcher can run by hand for a stage (output folder appended by the rule)."""
-    return f"longrope2 {stage} --config {' '.join(CONFIG_FILES)}"
+def stage_config(stage):
+    """The config subset a stage reads, as canonical JSON: the rule's params and the CLI's --config-json,
+    so editing a key reruns exactly the jobs of the stages that read it. (A function, so Snakemake does
+    not read the JSON's braces as wildcards.)"""
+    subset = lr2config.subset_json(config, CONFIG_KEYS[stage])
+    return lambda wildcards: subset
+
+
+def runtime(stage):
+    """Minutes for attempt n: a job killed at its walltime is retried with more (and resumes)."""
+    return lambda wildcards, attempt: RES[stage]["runtime"] * attempt
+
+
+def folder(output_key):
+    """The stage folder (--out): the parent of one of the rule's declared outputs."""
+
+    def out(wildcards, output):
+        return str(Path(getattr(output, output_key)).parent)
+
+    return out
+
+
+def optional_input(flag, key):
+    """`FLAG PATH` (shell-quoted) when the rule has that input, nothing otherwise."""
+
+    def arg(wildcards, input):
+        value = getattr(input, key)
+        return f"{flag} {shlex.quote(str(value))}" if value else ""
+
+    return arg
 
 
 def base_model():
@@ -79,31 +92,48 @@ def base_model():
     return RESULTS / "base_model" / "model" if IS_SCALE else IMPORTED / "model"
 
 
-def corpus_tokenizer():
-    """The corpus of a real model is tokenized with its own tokenizer; the scale model trains one."""
-    return [] if IS_SCALE else [IMPORTED / "model"]
+def tokenizer():
+    """The base model's tokenizer: trained by the corpus stage (scale model) or imported with the model,
+    so data stages never wait for (or rerun after) pretraining."""
+    return CORPUS / "tokenizer" if IS_SCALE else IMPORTED / "model"
+
+
+CORPUS = RESULTS / "corpus"
+CORPUS_FILES = [
+    CORPUS / "corpus.json",
+    *[CORPUS / f"{split}.bin" for split in SPLITS],
+    *[CORPUS / f"{split}.idx.npy" for split in SPLITS],
+] + ([CORPUS / "tokenizer"] if IS_SCALE else [])
 
 
 def method_factors(method):
-    """factors.json of a method: the search's output for searched methods, the baselines stage's otherwise."""
+    """factors.json of a method: the search's output for searched methods, the baseline stage's otherwise."""
     if method in SEARCHED:
         return RESULTS / "search" / method / "factors.json"
-    return RESULTS / "factors" / f"{method}.json"
+    return RESULTS / "factors" / method / "factors.json"
 
 
 def factors_file(wildcards):
     return method_factors(wildcards.method)
 
 
+def searched_factors(wildcards):
+    """Only the rcd baselines read LongRoPE2's d_rcd; the others depend on the geometry alone."""
+    if lr2methods.get(wildcards.baseline).needs_d_rcd:
+        return method_factors("longrope2")
+    return []
+
+
 def finetune_factors(wildcards):
     """The factors a fine-tuning run trains with (the no-mixed ablation uses LongRoPE2's)."""
-    return method_factors(wildcards.ft.removesuffix(NO_MIXED_SUFFIX))
+    return method_factors(lr2methods.base_method(wildcards.ft))
 
 
 def before_metrics(ft):
     """Training-free metrics of the same method: the 'before' rows of the fine-tuning table."""
-    method = ft.removesuffix(NO_MIXED_SUFFIX)
-    return RESULTS / "eval" / "training_free" / method / "metrics.json"
+    return (
+        RESULTS / "eval" / "training_free" / lr2methods.base_method(ft) / "metrics.json"
+    )
 
 
 def all_targets():
@@ -115,6 +145,6 @@ def all_targets():
         RESULTS / "tables" / "finetune" / "finetune_comparison.csv",
         *[
             RESULTS / "models" / "training_free" / m / "rope.json"
-            for m in TRAINING_FREE_METHODS
+            for m in TRAINING_FREE
         ],
     ]

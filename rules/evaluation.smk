@@ -2,7 +2,7 @@ rule evaluate_training_free:
     """Needle accuracy / needle-PPL / PPL of the base model under one method's factors (no training)."""
     input:
         model=base_model(),
-        needles=rules.needles.output.meta,
+        corpus=CORPUS_FILES,
         factors=factors_file,
     output:
         metrics=RESULTS / "eval" / "training_free" / "{method}" / "metrics.json",
@@ -13,17 +13,19 @@ rule evaluate_training_free:
         BENCH / "evaluate_training_free_{method}.tsv"
     conda:
         "../envs/longrope2.yaml"
-    threads: 1
+    threads: RES["evaluate"]["threads"]
     resources:
-        mem_mb=4000,
-        runtime=60,
+        mem_mb=RES["evaluate"]["mem_mb"],
+        runtime=runtime("evaluate"),
+        gpu=RES["evaluate"]["gpu"],
     params:
-        cmd=stage_cmd("evaluate"),
-        needles=config["needles"],
+        config=stage_config("evaluate"),
+        corpus=CORPUS,
+        out=folder("manifest"),
     shell:
-        "{params.cmd} --threads {threads} --model {input.model} --needles $(dirname {input.needles}) "
-        "--factors {input.factors} --label {wildcards.method} --stage-label training-free "
-        "--out $(dirname {output.metrics}) > {log} 2>&1"
+        "longrope2 evaluate --config-json {params.config:q} --threads {threads} --model {input.model:q} "
+        "--corpus {params.corpus:q} --factors {input.factors:q} --label {wildcards.method} "
+        "--stage-label training-free --out {params.out:q} > {log:q} 2>&1"
 
 
 rule table_training_free:
@@ -31,7 +33,7 @@ rule table_training_free:
     input:
         metrics=expand(
             RESULTS / "eval" / "training_free" / "{method}" / "metrics.json",
-            method=TRAINING_FREE_METHODS,
+            method=TRAINING_FREE,
         ),
     output:
         csv=report(
@@ -45,17 +47,21 @@ rule table_training_free:
             caption="../report/training_free.rst",
             category="4. Comparisons",
         ),
+        manifest=RESULTS / "tables" / "training_free" / "manifest.json",
     log:
         LOGS / "table_training_free.log",
+    benchmark:
+        BENCH / "table_training_free.tsv"
     localrule: True
     conda:
         "../envs/longrope2.yaml"
-    threads: 1
+    threads: RES["tables"]["threads"]
     resources:
-        mem_mb=1000,
-        runtime=5,
+        mem_mb=RES["tables"]["mem_mb"],
+        runtime=runtime("tables"),
     params:
-        cmd=stage_cmd("tables"),
+        config=stage_config("tables"),
+        out=folder("manifest"),
     shell:
-        "{params.cmd} --metrics {input.metrics} --name training_free "
-        "--columns method length needle_acc needle_ppl ppl --out $(dirname {output.csv}) > {log} 2>&1"
+        "longrope2 tables --config-json {params.config:q} --metrics {input.metrics:q} --name training_free "
+        "--columns method length needle_acc needle_ppl ppl --out {params.out:q} > {log:q} 2>&1"

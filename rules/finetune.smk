@@ -2,7 +2,7 @@ rule finetune:
     """Mixed context window fine-tuning of one method; identical data and steps for every method."""
     input:
         model=base_model(),
-        corpus=rules.corpus.output.meta,
+        corpus=CORPUS_FILES,
         factors=finetune_factors,
     output:
         model=directory(RESULTS / "finetune" / "{ft}" / "model"),
@@ -13,30 +13,34 @@ rule finetune:
         LOGS / "finetune_{ft}.log",
     benchmark:
         BENCH / "finetune_{ft}.tsv"
-    retries: 1
     conda:
         "../envs/longrope2.yaml"
-    threads: 1
+    threads: RES["finetune"]["threads"]
     resources:
-        mem_mb=8000,
-        runtime=lambda wc, attempt: 120 * attempt,
-        gpu=1 if GPU_STAGES else 0,
+        mem_mb=RES["finetune"]["mem_mb"],
+        runtime=runtime("finetune"),
+        gpu=RES["finetune"]["gpu"],
     params:
-        cmd=stage_cmd("finetune"),
-        checkpoints=lambda wc: RESULTS / ".checkpoints" / f"finetune-{wc.ft}",
-        no_mixed=lambda wc: "--no-mixed" if wc.ft.endswith(NO_MIXED_SUFFIX) else "",
-        finetune=config["finetune"],
+        config=stage_config("finetune"),
+        corpus=CORPUS,
+        checkpoints=lambda wildcards: RESULTS
+        / ".checkpoints"
+        / f"finetune-{wildcards.ft}",
+        no_mixed=lambda wildcards: (
+            "--no-mixed" if wildcards.ft.endswith(lr2methods.NO_MIXED_SUFFIX) else ""
+        ),
+        out=folder("manifest"),
     shell:
-        "{params.cmd} --threads {threads} --model {input.model} --corpus $(dirname {input.corpus}) "
-        "--factors {input.factors} --label {wildcards.ft} {params.no_mixed} "
-        "--checkpoint-dir {params.checkpoints} --out $(dirname {output.rope}) > {log} 2>&1"
+        "longrope2 finetune --config-json {params.config:q} --threads {threads} --model {input.model:q} "
+        "--corpus {params.corpus:q} --factors {input.factors:q} --label {wildcards.ft} {params.no_mixed} "
+        "--checkpoint-dir {params.checkpoints:q} --out {params.out:q} > {log:q} 2>&1"
 
 
 rule evaluate_finetuned:
     """The fine-tuned export evaluated with its own rope parameters (as stock transformers loads it)."""
     input:
         model=rules.finetune.output.model,
-        needles=rules.needles.output.meta,
+        corpus=CORPUS_FILES,
     output:
         metrics=RESULTS / "eval" / "finetuned" / "{ft}" / "metrics.json",
         manifest=RESULTS / "eval" / "finetuned" / "{ft}" / "manifest.json",
@@ -46,16 +50,19 @@ rule evaluate_finetuned:
         BENCH / "evaluate_finetuned_{ft}.tsv"
     conda:
         "../envs/longrope2.yaml"
-    threads: 1
+    threads: RES["evaluate"]["threads"]
     resources:
-        mem_mb=4000,
-        runtime=60,
+        mem_mb=RES["evaluate"]["mem_mb"],
+        runtime=runtime("evaluate"),
+        gpu=RES["evaluate"]["gpu"],
     params:
-        cmd=stage_cmd("evaluate"),
-        needles=config["needles"],
+        config=stage_config("evaluate"),
+        corpus=CORPUS,
+        out=folder("manifest"),
     shell:
-        "{params.cmd} --threads {threads} --model {input.model} --needles $(dirname {input.needles}) "
-        "--label {wildcards.ft} --stage-label after --out $(dirname {output.metrics}) > {log} 2>&1"
+        "longrope2 evaluate --config-json {params.config:q} --threads {threads} --model {input.model:q} "
+        "--corpus {params.corpus:q} --label {wildcards.ft} --stage-label after --out {params.out:q} "
+        "> {log:q} 2>&1"
 
 
 rule table_finetune:
@@ -73,18 +80,23 @@ rule table_finetune:
         ),
         md=RESULTS / "tables" / "finetune" / "finetune_comparison.md",
         figure=RESULTS / "tables" / "finetune" / "finetune_comparison.png",
+        manifest=RESULTS / "tables" / "finetune" / "manifest.json",
     log:
         LOGS / "table_finetune.log",
+    benchmark:
+        BENCH / "table_finetune.tsv"
     localrule: True
     conda:
         "../envs/longrope2.yaml"
-    threads: 1
+    threads: RES["tables"]["threads"]
     resources:
-        mem_mb=1000,
-        runtime=5,
+        mem_mb=RES["tables"]["mem_mb"],
+        runtime=runtime("tables"),
     params:
-        cmd=stage_cmd("tables"),
-        before=" ".join(f"{before_metrics(ft)}:{ft}" for ft in FINETUNED),
+        config=stage_config("tables"),
+        before=" ".join(shlex.quote(f"{before_metrics(ft)}:{ft}") for ft in FINETUNED),
+        out=folder("manifest"),
     shell:
-        "{params.cmd} --metrics {input.after} --as-before {params.before} --name finetune_comparison "
-        "--columns method stage length needle_acc needle_ppl ppl --out $(dirname {output.csv}) > {log} 2>&1"
+        "longrope2 tables --config-json {params.config:q} --metrics {input.after:q} "
+        "--as-before {params.before} --name finetune_comparison "
+        "--columns method stage length needle_acc needle_ppl ppl --out {params.out:q} > {log:q} 2>&1"

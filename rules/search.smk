@@ -1,8 +1,8 @@
 rule needles:
-    """Needle-PPL / plain-PPL sets at the target (search) and at every evaluation length."""
+    """Needle-PPL / plain-PPL sets at the target length: what the factor search scores candidates on."""
     input:
-        corpus=rules.corpus.output.meta,
-        model=base_model(),
+        corpus=CORPUS_FILES,
+        tokenizer=tokenizer(),
     output:
         meta=RESULTS / "needles" / "needles.json",
         search=expand(
@@ -15,23 +15,24 @@ rule needles:
         BENCH / "needles.tsv"
     conda:
         "../envs/longrope2.yaml"
-    threads: 1
+    threads: RES["needles"]["threads"]
     resources:
-        mem_mb=4000,
-        runtime=30,
+        mem_mb=RES["needles"]["mem_mb"],
+        runtime=runtime("needles"),
     params:
-        cmd=stage_cmd("needles"),
-        needles=config["needles"],
+        config=stage_config("needles"),
+        corpus=CORPUS,
+        out=folder("manifest"),
     shell:
-        "{params.cmd} --corpus $(dirname {input.corpus}) --tokenizer {input.model} "
-        "--out $(dirname {output.meta}) > {log} 2>&1"
+        "longrope2 needles --config-json {params.config:q} --corpus {params.corpus:q} "
+        "--tokenizer {input.tokenizer:q} --out {params.out:q} > {log:q} 2>&1"
 
 
 rule search:
     """Evolutionary factor search of one method (LongRoPE2, LongRoPE v1, or an ablation); resumable."""
     input:
         model=base_model(),
-        needles=rules.needles.output.meta,
+        sets=rules.needles.output.search,
     output:
         factors=RESULTS / "search" / "{searched}" / "factors.json",
         trace=RESULTS / "search" / "{searched}" / "trace.csv",
@@ -46,47 +47,54 @@ rule search:
         LOGS / "search_{searched}.log",
     benchmark:
         BENCH / "search_{searched}.tsv"
-    retries: 1
     conda:
         "../envs/longrope2.yaml"
-    threads: 2
+    threads: RES["search"]["threads"]
     resources:
-        mem_mb=8000,
-        runtime=lambda wc, attempt: 120 * attempt,
+        mem_mb=RES["search"]["mem_mb"],
+        runtime=runtime("search"),
+        gpu=RES["search"]["gpu"],
     params:
-        cmd=stage_cmd("search"),
-        checkpoints=lambda wc: RESULTS / ".checkpoints" / f"search-{wc.searched}",
-        search=config["search"],
+        config=stage_config("search"),
+        needles=RESULTS / "needles",
+        checkpoints=lambda wildcards: RESULTS
+        / ".checkpoints"
+        / f"search-{wildcards.searched}",
+        out=folder("manifest"),
     shell:
-        "{params.cmd} --threads {threads} --model {input.model} --needles $(dirname {input.needles}) "
-        "--method {wildcards.searched} --checkpoint-dir {params.checkpoints} "
-        "--out $(dirname {output.factors}) > {log} 2>&1"
+        "longrope2 search --config-json {params.config:q} --threads {threads} --model {input.model:q} "
+        "--needles {params.needles:q} --method {wildcards.searched} "
+        "--checkpoint-dir {params.checkpoints:q} --out {params.out:q} > {log:q} 2>&1"
 
 
-rule baselines:
-    """PI, NTK, YaRN and the d_rcd-anchored NTK-rcd / YaRN-rcd straight from the RoPE core."""
+rule baseline:
+    """PI, NTK, YaRN from the geometry; NTK-rcd / YaRN-rcd also from the LongRoPE2 search's d_rcd."""
     input:
-        searched=RESULTS / "search" / "longrope2" / "factors.json",
+        searched=searched_factors,
     output:
-        factors=expand(RESULTS / "factors" / "{baseline}.json", baseline=BASELINES),
-        manifest=RESULTS / "factors" / "manifest.json",
+        factors=RESULTS / "factors" / "{baseline}" / "factors.json",
+        manifest=RESULTS / "factors" / "{baseline}" / "manifest.json",
     log:
-        LOGS / "baselines.log",
+        LOGS / "baseline_{baseline}.log",
+    benchmark:
+        BENCH / "baseline_{baseline}.tsv"
     conda:
         "../envs/longrope2.yaml"
-    threads: 1
+    threads: RES["baseline"]["threads"]
     resources:
-        mem_mb=1000,
-        runtime=5,
+        mem_mb=RES["baseline"]["mem_mb"],
+        runtime=runtime("baseline"),
     params:
-        cmd=stage_cmd("baselines"),
-        geometry=config["model"]["geometry"],
+        config=stage_config("baseline"),
+        searched=optional_input("--searched", "searched"),
+        out=folder("manifest"),
     shell:
-        "{params.cmd} --searched {input.searched} --out $(dirname {output.manifest}) > {log} 2>&1"
+        "longrope2 baseline --config-json {params.config:q} --method {wildcards.baseline} "
+        "{params.searched} --out {params.out:q} > {log:q} 2>&1"
 
 
 rule export:
-    """A method as a stock-transformers checkpoint (rope parameters in config.json, no remote code)."""
+    """A method as a stock-transformers checkpoint: config.json with its rope parameters, linked weights."""
     input:
         model=base_model(),
         factors=factors_file,
@@ -96,15 +104,17 @@ rule export:
         manifest=RESULTS / "models" / "training_free" / "{method}" / "manifest.json",
     log:
         LOGS / "export_{method}.log",
+    benchmark:
+        BENCH / "export_{method}.tsv"
     conda:
         "../envs/longrope2.yaml"
-    threads: 1
+    threads: RES["export"]["threads"]
     resources:
-        mem_mb=4000,
-        runtime=20,
+        mem_mb=RES["export"]["mem_mb"],
+        runtime=runtime("export"),
     params:
-        cmd=stage_cmd("export"),
-        geometry=config["model"]["geometry"],
+        config=stage_config("export"),
+        out=folder("manifest"),
     shell:
-        "{params.cmd} --model {input.model} --factors {input.factors} "
-        "--out $(dirname {output.rope}) > {log} 2>&1"
+        "longrope2 export --config-json {params.config:q} --model {input.model:q} "
+        "--factors {input.factors:q} --out {params.out:q} > {log:q} 2>&1"

@@ -22,16 +22,20 @@ def run_cli(*args, cwd=None, check=True):
     return proc
 
 
-@pytest.fixture
-def workdir(tmp_path):
+def copy_workflow(dst: Path) -> Path:
     """A copy of the workflow (no results) to run Snakemake in isolation."""
     for name in ("Snakefile", "rules", "config", "envs", "report", "profiles"):
         src = REPO / name
         if src.is_dir():
-            shutil.copytree(src, tmp_path / name)
+            shutil.copytree(src, dst / name)
         else:
-            shutil.copy(src, tmp_path / name)
-    return tmp_path
+            shutil.copy(src, dst / name)
+    return dst
+
+
+@pytest.fixture
+def workdir(tmp_path):
+    return copy_workflow(tmp_path)
 
 
 def snakemake(*args, cwd):

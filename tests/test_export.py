@@ -167,11 +167,24 @@ def test_manifest_and_rerun_identical(work):
     assert (a / "model" / "model.safetensors").is_file() and (a / "model" / "tokenizer.json").is_file()
 
 
+def test_export_links_the_base_weights(work):
+    """An export is the base model's config with new rope parameters: no copy of the weights."""
+    root, w = work
+    out = run_export(work, "llama", "longrope2") / "model"
+    weights = out / "model.safetensors"
+    assert weights.is_symlink() and weights.resolve() == (w["llama"]["base"] / "model.safetensors").resolve()
+    assert not weights.readlink().is_absolute()  # relative: the results tree can move as a whole
+    own = sum(f.lstat().st_size for f in out.iterdir() if not f.name.startswith("tokenizer"))
+    assert own < 1_000_000 and own < 0.01 * weights.stat().st_size
+    assert not (out / "config.json").is_symlink()
+
+
 def test_mismatched_or_missing_factors_are_reported(work, tmp_path):
     root, w = work
     cfg = w["llama"]["cfg"]
     bad = scaling("llama", "pi").to_dict()
     bad["geometry"]["rope_base"] = 500000.0
+    bad["hf_rope_parameters"]["rope_theta"] = 500000.0  # a consistent file of another geometry
     path = tmp_path / "bad.json"
     path.write_text(json.dumps(bad))
     with pytest.raises(ConfigError, match=r"--factors: rope_base is 500000.0, model.geometry says 10000.0"):

@@ -23,10 +23,30 @@ def micro_corpus(tmp_path_factory):
     return out
 
 
-def longer(tmp_path, steps):
-    p = tmp_path / "longer.yaml"
-    p.write_text(yaml.safe_dump({"pretrain": {"steps": steps, "checkpoint_every": 4, "eval_every": 100}}))
+def longer(tmp_path, steps, **pretrain):
+    p = tmp_path / f"longer-{len(pretrain)}.yaml"
+    p.write_text(yaml.safe_dump({"pretrain": {"steps": steps, "checkpoint_every": 4, "eval_every": 100, **pretrain}}))
     return [REPO / "config/config.yaml", MICRO, p]
+
+
+def killed_after_a_checkpoint(cfg, corpus, out, ckdir):
+    """Start a pretraining run and SIGKILL it once it has written a checkpoint."""
+    args = [str(BIN / "longrope2"), "pretrain", "--config", *map(str, cfg), "--corpus", str(corpus),
+            "--out", str(out), "--checkpoint-dir", str(ckdir)]
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while not list(ckdir.glob("step-*.pt")) and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    assert proc.poll() is None, "run finished before it could be killed"
+    time.sleep(0.3)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (out / "model").exists()  # a killed stage leaves no artifact
+
+
+def same_weights(a, b):
+    a, b = load_file(a / "model" / "model.safetensors"), load_file(b / "model" / "model.safetensors")
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
 def test_pretrain_writes_loadable_model_and_curve(tmp_path, micro_corpus):
@@ -42,7 +62,7 @@ def test_pretrain_writes_loadable_model_and_curve(tmp_path, micro_corpus):
     assert curve[0] == "step,wall_s,tokens,acc_single,acc_multi" and curve[-1].startswith("12,")
     summary = json.loads((out / "pretrain.json").read_text())
     assert summary["steps"] == 12 and summary["tokens"] > 0
-    assert not (tmp_path / "ckpt" / "last.pt").exists()  # removed after a completed run
+    assert not list((tmp_path / "ckpt").glob("step-*.pt"))  # removed after a completed run
 
 
 def test_kill_and_resume_ends_with_the_same_weights(tmp_path, micro_corpus):
@@ -50,22 +70,27 @@ def test_kill_and_resume_ends_with_the_same_weights(tmp_path, micro_corpus):
     ref = tmp_path / "ref"
     run_cli("pretrain", "--config", *cfg, "--corpus", micro_corpus, "--out", ref, "--checkpoint-dir", tmp_path / "c1")
     ckdir = tmp_path / "c2"
-    args = [str(BIN / "longrope2"), "pretrain", "--config", *map(str, cfg), "--corpus", str(micro_corpus),
-            "--out", str(tmp_path / "resumed"), "--checkpoint-dir", str(ckdir)]
-    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 120
-    while not (ckdir / "last.pt").exists() and time.time() < deadline and proc.poll() is None:
-        time.sleep(0.05)
-    assert proc.poll() is None, "run finished before it could be killed"
-    time.sleep(0.3)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert not (tmp_path / "resumed" / "model").exists()  # a killed stage leaves no artifact
+    killed_after_a_checkpoint(cfg, micro_corpus, tmp_path / "resumed", ckdir)
     second = run_cli("pretrain", "--config", *cfg, "--corpus", micro_corpus, "--out", tmp_path / "resumed",
                      "--checkpoint-dir", ckdir)
     assert "resuming from step" in second.stdout + second.stderr
-    a = load_file(ref / "model" / "model.safetensors")
-    b = load_file(tmp_path / "resumed" / "model" / "model.safetensors")
-    assert a.keys() == b.keys()
-    for k in a:
-        assert torch.equal(a[k], b[k]), k
+    assert same_weights(ref, tmp_path / "resumed")
+    manifest = json.loads((tmp_path / "resumed" / "manifest.json").read_text())
+    first_wall = json.loads((ref / "manifest.json").read_text())["wall_time_s"]
+    assert manifest["wall_time_s"] > 0.5 * first_wall  # counts the killed attempt's training too
+
+
+def test_changed_config_never_resumes_an_old_checkpoint(tmp_path, micro_corpus):
+    """Kill, then change the learning rate: the old checkpoint is set aside and the run starts fresh."""
+    ckdir = tmp_path / "ck"
+    killed_after_a_checkpoint(longer(tmp_path, 40), micro_corpus, tmp_path / "out", ckdir)
+    changed = longer(tmp_path, 40, lr=0.003)
+    rerun = run_cli("pretrain", "--config", *changed, "--corpus", micro_corpus, "--out", tmp_path / "out",
+                    "--checkpoint-dir", ckdir)
+    log = rerun.stdout + rerun.stderr
+    assert "resuming" not in log and "another config" in log
+    assert list((ckdir / "stale").glob("step-*.pt"))
+    fresh = tmp_path / "fresh"
+    run_cli("pretrain", "--config", *changed, "--corpus", micro_corpus, "--out", fresh, "--checkpoint-dir", tmp_path / "c3")
+    assert same_weights(fresh, tmp_path / "out")
+    assert json.loads((tmp_path / "out" / "manifest.json").read_text())["config"]["pretrain"]["lr"] == 0.003

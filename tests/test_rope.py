@@ -196,3 +196,193 @@ def test_hf_parameters_round_trip():
         np.testing.assert_allclose(back.long_factor, m.long_factor, rtol=1e-9)
         np.testing.assert_allclose(back.short_factor, m.short_factor, rtol=1e-9)
         assert back.attention_factor == pytest.approx(m.attention_factor)
+
+
+# --------------------------------------------------------------------------------------------------
+# build(): registry names, named parameters only
+# --------------------------------------------------------------------------------------------------
+
+import inspect  # noqa: E402
+import json  # noqa: E402
+
+from longrope2 import methods  # noqa: E402
+
+SOURCE = "results/x/search/longrope2/factors.json"
+
+
+def registry_dict(name, geom, target, seed=0):
+    """What the pipeline writes for a registry method (baselines, searches, exports): to_dict() plus extras."""
+    rng = np.random.default_rng(seed)
+    m, n, s = methods.REGISTRY[name], geom.n_pairs, target / geom.original_length
+    d_rcd = rope.critical_dim(geom) - 2
+    if m.rope_function == "longrope2":  # searched high factors, NTK fill below d_rcd
+        out = rope.build(name, geom, target, d_rcd=d_rcd, high_factors=np.sort(rng.uniform(s, 2 * s, n - d_rcd)))
+    elif m.rope_function == "longrope":  # free per-pair factors; the all-pairs search marks d_rcd = 0
+        out = rope.build(name, geom, target, long_factor=np.sort(rng.uniform(1, 1.25 * s, n)))
+        out.extra["d_rcd"] = 0
+    elif m.needs_d_rcd:
+        out = rope.build(name, geom, target, d_rcd=d_rcd)
+    else:
+        out = rope.build(name, geom, target)
+    extra = {"fitness": {"objective": "needle", "nll": 1.5}, "search": {"evaluated": 3}} if m.searched else {}
+    return json.loads(json.dumps(out.to_dict() | extra))  # exactly what a file read gives back
+
+
+@pytest.mark.parametrize("model", ["smollm2-135m", "phi4-mini"])
+@pytest.mark.parametrize("name", list(methods.REGISTRY))
+def test_every_registry_method_round_trips(model, name):
+    _, geom, target = make(model)
+    d = registry_dict(name, geom, target)
+    back = rope.scaling_from_dict(d, SOURCE)
+    assert back.method == name and back.to_dict() == d
+    if methods.REGISTRY[name].rope_function == "longrope2":
+        assert back.extra["d_rcd"] == rope.critical_dim(geom) - 2
+
+
+def test_round_trip_of_other_pipeline_outputs():
+    _, geom, target = make("llama3-8b")
+    s = target / geom.original_length
+    for sc in (rope.longrope2(geom, target),  # the search seed
+               rope.longrope(geom, target, np.linspace(1, s, geom.n_pairs), np.linspace(1, 1.1, geom.n_pairs)),
+               rope.yarn(geom, target, beta_fast=16.0, beta_slow=2.0, truncate=False)):
+        d = json.loads(json.dumps(sc.to_dict()))
+        assert rope.scaling_from_dict(d).to_dict() == d
+
+
+def test_no_method_function_swallows_keys():
+    for name, fn in rope.METHODS.items():
+        kinds = {p.kind for p in inspect.signature(fn).parameters.values()}
+        assert inspect.Parameter.VAR_KEYWORD not in kinds, name
+    _, geom, target = make("smollm2-135m")
+    with pytest.raises(TypeError):
+        rope.METHODS["pi"](geom, target, d_rcd=10)
+
+
+@pytest.mark.parametrize("method, params, message", [
+    ("ntk_rcd", {"d_rdc": 10}, "ntk_rcd: unknown parameter 'd_rdc'; allowed: d_rcd"),
+    ("pi", {"d_rcd": 10}, "pi: unknown parameter 'd_rcd'; allowed: (none)"),
+    ("yarn", {"beta_fats": 16.0}, "yarn: unknown parameter 'beta_fats'; allowed: beta_fast, beta_slow, truncate"),
+    ("longrope2_all_pairs", {"d_rcd": 10}, "longrope2_all_pairs: unknown parameter 'd_rcd'; allowed: long_factor, short_factor"),
+    ("longrope2_plain_ppl", {"high": [1.0]}, "longrope2_plain_ppl: unknown parameter 'high'; allowed: d_rcd, high_factors"),
+    ("yarn_rcd", {}, "yarn_rcd: missing parameter 'd_rcd'; allowed: d_rcd"),
+])
+def test_build_rejects_unknown_and_missing_parameters(method, params, message):
+    _, geom, target = make("smollm2-135m")
+    with pytest.raises(ConfigError) as e:
+        rope.build(method, geom, target, **params)
+    assert str(e.value) == message
+
+
+def test_build_resolves_registry_names():
+    _, geom, target = make("smollm2-135m")
+    with pytest.raises(ConfigError, match=r"^method: unknown method 'rope-magic'; allowed: none, pi, ntk_static"):
+        rope.build("rope-magic", geom, target)
+    ablation = rope.build("longrope2_all_pairs", geom, target, long_factor=np.full(geom.n_pairs, 2.0))
+    assert ablation.method == "longrope2_all_pairs" and ablation.hf_rope_parameters["rope_type"] == "longrope"
+    plain = rope.build("longrope2_plain_ppl", geom, target, d_rcd=18)
+    np.testing.assert_array_equal(plain.long_factor, rope.longrope2(geom, target, 18).long_factor)
+    assert plain.method == "longrope2_plain_ppl"
+
+
+# --------------------------------------------------------------------------------------------------
+# Factor files validated on read
+# --------------------------------------------------------------------------------------------------
+
+
+def _locate(d, path):
+    """The container and key of ``path`` ('geometry.head_dim', 'long_factor.3') inside a factors dict."""
+    *parents, last = path.split(".")
+    for p in parents:
+        d = d[int(p)] if isinstance(d, list) else d[p]
+    return d, int(last) if isinstance(d, list) else last
+
+
+def _set(path, value):
+    def apply(d):
+        box, key = _locate(d, path)
+        box[key] = value
+    return apply
+
+
+def _scale(path, by):
+    def apply(d):
+        box, key = _locate(d, path)
+        box[key] *= by
+    return apply
+
+
+def _del(key):
+    return lambda d: d.pop(key)
+
+
+BAD = [  # (base method, mutation, expected message after "<source>: ")
+    ("pi", _del("method"), "method: missing, so this does not hold a RopeScaling dict"),
+    ("pi", _set("method", "rope-magic"), "method: unknown method 'rope-magic'; allowed: none, pi"),
+    ("pi", _del("geometry"), "geometry: missing"),
+    ("pi", _set("geometry.head_dim", 63), "geometry.head_dim: must be a positive even integer, got 63"),
+    ("pi", _set("geometry.rope_base", "1e4"), "geometry.rope_base: must be a finite number, got '1e4'"),
+    ("pi", _set("geometry.rotary_dim", 96), "geometry.rotary_dim: is 96, but head_dim x partial_rotary_factor = 64"),
+    ("pi", _set("target_length", 4096), "target_length: must be an integer above original_length=8192, got 4096"),
+    ("pi", _set("target_length", 32768.5), "target_length: must be an integer above original_length=8192, got 32768.5"),
+    ("pi", _set("scale", 8.0), "scale: must be target_length / original_length = 4.0, got 8.0"),
+    ("pi", _set("long_factor", "4.0"), "long_factor: must be a list of 32 numbers, got '4.0'"),
+    ("pi", lambda d: d["short_factor"].pop(), "short_factor: need 32 per-pair factors (n_pairs of the geometry), got 31"),
+    ("longrope2", _set("long_factor.3", float("nan")), "long_factor[3]: must be a finite number > 0, got nan"),
+    ("longrope2", _set("short_factor.0", float("inf")), "short_factor[0]: must be a finite number > 0, got inf"),
+    ("longrope", _set("long_factor.5", 0), "long_factor[5]: must be a finite number > 0, got 0"),
+    ("longrope", _set("short_factor.1", -1.0), "short_factor[1]: must be a finite number > 0, got -1.0"),
+    ("longrope", _set("long_factor.2", "x"), "long_factor[2]: must be a finite number > 0, got 'x'"),
+    ("longrope2", _set("attention_factor", float("nan")), "attention_factor: must be a finite number > 0, got nan"),
+    ("yarn", _set("attention_factor", 0.0), "attention_factor: must be a finite number > 0, got 0.0"),
+    ("longrope2", _set("d_rcd", 32), "d_rcd: must be an integer in [1, 31] for 32 pairs, got 32"),
+    ("ntk_rcd", _set("d_rcd", 0), "d_rcd: must be an integer in [1, 31] for 32 pairs, got 0"),
+    ("longrope2", _set("d_rcd", 17.5), "d_rcd: must be an integer in [1, 31] for 32 pairs, got 17.5"),
+    ("ntk_rcd", _del("d_rcd"), "d_rcd: missing; ntk_rcd is anchored at the real critical dimension"),
+    ("pi", _scale("long_factor.7", 1.01), "long_factor[7]: 4.04 differs from 4.0, the pi factor recomputed"),
+    ("ntk_rcd", _set("d_rcd", 17), "long_factor[1]:"),
+    ("yarn", _set("attention_factor", 1.5), "attention_factor: 1.5 differs from"),
+    ("ntk", _scale("new_base", 1.1), "new_base:"),
+    ("longrope2", _scale("long_factor.2", 1.1), "long_factor[2]:"),
+    ("longrope2", _scale("long_factor.2", 1.1), "is not the NTK fill below d_rcd=18"),
+    ("pi", _set("hf_rope_parameters.rope_theta", 500000.0),
+     "hf_rope_parameters.rope_theta: 500000.0 differs from 100000.0 derived from the factors (stale or hand-edited"),
+    ("longrope2", _scale("hf_rope_parameters.long_factor.10", 1.5), "hf_rope_parameters.long_factor[10]:"),
+    ("longrope", _set("hf_rope_parameters.foo", 1), "hf_rope_parameters.foo: 1 is not among the parameters derived"),
+    ("yarn", lambda d: d["hf_rope_parameters"].pop("factor"), "hf_rope_parameters.factor: missing; derived from the factors: 4.0"),
+    ("longrope2", _set("hf_rope_parameters.attention_factor", 1.0), "hf_rope_parameters.attention_factor: 1.0 differs"),
+    ("yarn", _set("hf_rope_parameters.beta_fast", 16.0), "long_factor["),  # stored knobs must reproduce the factors
+]
+
+
+@pytest.mark.parametrize("base, mutate, message", BAD, ids=[f"{i}-{b}" for i, (b, _, _) in enumerate(BAD)])
+def test_bad_factor_files_fail_with_one_line(base, mutate, message):
+    _, geom, target = make("smollm2-135m")
+    assert (geom.n_pairs, rope.critical_dim(geom)) == (32, 20)
+    d = registry_dict(base, geom, target)
+    mutate(d)
+    d = json.loads(json.dumps(d))  # NaN/Infinity tokens survive a JSON round trip; the check must catch them
+    with pytest.raises(ConfigError) as e:
+        rope.scaling_from_dict(d, SOURCE)
+    msg = str(e.value)
+    assert "\n" not in msg and msg.startswith(f"{SOURCE}: "), msg
+    assert message in msg, msg
+
+
+def test_not_a_mapping_and_nan_tokens():
+    with pytest.raises(ConfigError, match=r"^factors: does not hold a RopeScaling dict"):
+        rope.scaling_from_dict([1, 2])
+    _, geom, target = make("smollm2-135m")
+    text = json.dumps(registry_dict("longrope2", geom, target)).replace('"attention_factor": 1', '"attention_factor": Infinity, "x": 1', 1)
+    with pytest.raises(ConfigError, match=r"^f.json: attention_factor: must be a finite number > 0, got inf$"):
+        rope.scaling_from_dict(json.loads(text), "f.json")
+
+
+def test_export_follows_factors_not_stored_hf_parameters():
+    _, geom, target = make("smollm2-135m")
+    d = registry_dict("longrope2", geom, target)
+    del d["hf_rope_parameters"]  # absent: derived from the factors alone
+    back = rope.scaling_from_dict(d)
+    assert back.hf_rope_parameters["long_factor"] == d["long_factor"]
+    assert back.hf_rope_parameters["attention_factor"] == d["attention_factor"]
+    d["attention_factor"] = 1.25  # a longrope-form file may carry its own attention factor; the export follows it
+    assert rope.scaling_from_dict(d).hf_rope_parameters["attention_factor"] == 1.25

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from longrope2 import rope
+from longrope2.checkpoints import GenerationLog
 from longrope2.search import Search, SearchConfig, Space, crossover, initial_population, mutate
 
 GEOM = rope.RopeGeometry(head_dim=64, rope_base=10000.0, original_length=256)
@@ -72,14 +73,14 @@ def test_operators_respect_the_search_space(kind):
 
 def test_search_improves_and_resumes_to_the_same_result(tmp_path):
     space = Space.longrope2(GEOM, TARGET)
-    full = Search(space, Synthetic(), CFG, seed=5, log_path=tmp_path / "a.jsonl")
+    full = Search(space, Synthetic(), CFG, seed=5, log=GenerationLog(tmp_path / "a.jsonl", "test"))
     best = full.run()
     assert full.trace[-1]["best_nll"] < full.trace[0]["best_nll"]
     assert [t["generation"] for t in full.trace] == list(range(7))
     # interrupted after 3 generations, then resumed from the log with the full budget
     short = SearchConfig(**{**CFG.__dict__, "generations": 3})
-    Search(space, Synthetic(), short, seed=5, log_path=tmp_path / "b.jsonl").run()
-    resumed = Search(space, Synthetic(), CFG, seed=5, log_path=tmp_path / "b.jsonl")
+    Search(space, Synthetic(), short, seed=5, log=GenerationLog(tmp_path / "b.jsonl", "test")).run()
+    resumed = Search(space, Synthetic(), CFG, seed=5, log=GenerationLog(tmp_path / "b.jsonl", "test"))
     assert resumed.run() == best
     assert [t["best_nll"] for t in resumed.trace] == [t["best_nll"] for t in full.trace]
     assert resumed.fitness.sample_forwards == full.fitness.sample_forwards
@@ -87,10 +88,10 @@ def test_search_improves_and_resumes_to_the_same_result(tmp_path):
 
 def test_racing_spends_fewer_sample_forwards(tmp_path):
     space = Space.longrope2(GEOM, TARGET)
-    plain = Search(space, Synthetic(), CFG, seed=3, log_path=tmp_path / "p.jsonl")
+    plain = Search(space, Synthetic(), CFG, seed=3, log=GenerationLog(tmp_path / "p.jsonl", "test"))
     plain.run()
     raced_cfg = SearchConfig(**{**CFG.__dict__, "racing": True, "race_samples": 2, "race_keep": 0.25})
-    raced = Search(space, Synthetic(), raced_cfg, seed=3, log_path=tmp_path / "r.jsonl")
+    raced = Search(space, Synthetic(), raced_cfg, seed=3, log=GenerationLog(tmp_path / "r.jsonl", "test"))
     raced.run()
     assert raced.fitness.sample_forwards < 0.65 * plain.fitness.sample_forwards
     # selection only ever keeps fully evaluated candidates

@@ -1,18 +1,34 @@
-"""The Snakemake DAG: lint, dry runs of every shipped config, and the default run end to end."""
+"""The Snakemake DAG: lint, dry runs of every shipped config, the micro run end to end, and reruns that
+follow exactly the config keys each stage reads."""
 
 import json
+import re
+import shutil
 
+import pandas as pd
 import pytest
+import yaml
 
-from conftest import REPO, snakemake
+from conftest import REPO, copy_workflow, run_cli, snakemake
 
 EXPERIMENTS = sorted(p.name for p in (REPO / "config/experiments").glob("*.yaml"))
+MICRO = REPO / "tests/micro.yaml"
 
 
 def test_lint_is_clean():
     proc = snakemake("--lint", cwd=REPO)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "Congratulations, your workflow is in a good condition" in proc.stdout + proc.stderr
+
+
+def test_snakefmt_is_clean():
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    snakefmt = Path(sys.executable).parent / "snakefmt"
+    proc = subprocess.run([str(snakefmt), "--check", "Snakefile", "rules"], cwd=REPO, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
 @pytest.mark.parametrize("experiment", [None, *EXPERIMENTS])
@@ -23,18 +39,32 @@ def test_dry_run_every_config(workdir, experiment):
     assert "critical_dims" in proc.stdout
 
 
-def test_bad_configfile_fails_with_one_line(workdir):
-    (workdir / "bad.yaml").write_text("extension:\n  methods: [pi, alibi]\n")
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("extension:\n  methods: [pi, alibi]\n", "invalid config: extension.methods.1: got 'alibi'; allowed: pi,"),
+        ("- a\n- b\n", "Config file must be given as JSON or YAML with keys at top level"),
+        ("model:\n  geometry: {rope_base: .nan}\n", "invalid config: model.geometry.rope_base: must be a finite number"),
+    ],
+)
+def test_bad_configfile_fails_with_one_line(workdir, text, message):
+    (workdir / "bad.yaml").write_text(text)
     proc = snakemake("-n", "--configfile", "bad.yaml", cwd=workdir)
     assert proc.returncode != 0
-    assert "invalid config: extension.methods.1: got 'alibi'; allowed: pi," in proc.stdout + proc.stderr
+    assert message in proc.stdout + proc.stderr
 
 
-def test_micro_dag_runs_end_to_end(workdir):
+@pytest.fixture(scope="module")
+def micro_run(tmp_path_factory):
     """The whole DAG on the micro config (the default's pretraining takes minutes, not seconds)."""
-    proc = snakemake("--cores", "2", "--configfile", REPO / "tests/micro.yaml", cwd=workdir)
+    work = copy_workflow(tmp_path_factory.mktemp("micro_run"))
+    proc = snakemake("--cores", "2", "--configfile", MICRO, cwd=work)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    res = workdir / "results/micro"
+    return work
+
+
+def test_micro_dag_runs_end_to_end(micro_run):
+    res = micro_run / "results/micro"
     cd = json.loads((res / "critical_dims/critical_dims.json").read_text())
     assert (cd["d_tcd"], cd["d10_tcd"], cd["original_length"], cd["target_length"]) == (4, 2, 256, 1024)
     retrieval = json.loads((res / "base_model/retrieval/retrieval.json").read_text())
@@ -44,11 +74,10 @@ def test_micro_dag_runs_end_to_end(workdir):
         man = json.loads((res / stage / "manifest.json").read_text())
         assert man["config_hash"] and man["libraries"]["torch"]
     assert (res / "base_model/model/config.json").exists()
-    import pandas as pd
-
     table = pd.read_csv(res / "tables/training_free/training_free.csv")
     assert list(table.columns[:4]) == ["method", "length", "needle_acc", "needle_ppl"]
-    assert set(table["method"]) == {"none", "pi", "longrope", "longrope2", "ntk_rcd", "yarn_rcd"}
+    # registry order: original RoPE, baselines, rcd baselines, searched methods
+    assert list(dict.fromkeys(table["method"])) == ["none", "pi", "ntk_rcd", "yarn_rcd", "longrope", "longrope2"]
     assert set(table["length"]) == {256, 512, 1024}
     exported = json.loads((res / "models/training_free/longrope2/model/config.json").read_text())
     assert exported["rope_parameters"]["rope_type"] == "longrope"
@@ -59,7 +88,110 @@ def test_micro_dag_runs_end_to_end(workdir):
     finetuned = json.loads((res / "finetune/longrope2_no_mixed/rope.json").read_text())
     assert finetuned["no_mixed"] is True
     for rule in ("critical_dims", "corpus", "pretrain", "retrieval", "needles", "search_longrope2"):
-        assert (workdir / f"benchmarks/runs/micro/{rule}.tsv").exists(), rule
-        assert (workdir / f"logs/micro/{rule}.log").exists(), rule
-    again = snakemake("--cores", "2", "-n", "--configfile", REPO / "tests/micro.yaml", cwd=workdir)
+        assert (micro_run / f"benchmarks/runs/micro/{rule}.tsv").exists(), rule
+        assert (micro_run / f"logs/micro/{rule}.log").exists(), rule
+    again = snakemake("--cores", "2", "-n", "--configfile", MICRO, cwd=micro_run)
     assert "Nothing to be done" in again.stdout + again.stderr
+
+
+def test_every_file_a_job_writes_is_declared(micro_run):
+    """Files under results/ are declared outputs, Snakemake's markers, or resumable state in .checkpoints."""
+    summary = snakemake("--configfile", MICRO, "--summary", cwd=micro_run)
+    declared = {line.split("\t")[0] for line in summary.stdout.splitlines()[1:] if line.strip()}
+    res = micro_run / "results/micro"
+    for path in res.rglob("*"):
+        rel = path.relative_to(micro_run)
+        if ".checkpoints" in rel.parts or path.name == ".snakemake_timestamp" or not path.is_file():
+            continue
+        assert any(str(rel) == d or str(rel).startswith(d.rstrip("/") + "/") for d in declared), f"undeclared: {rel}"
+
+
+def test_training_free_export_weighs_only_its_config(micro_run):
+    export = micro_run / "results/micro/models/training_free/longrope2/model"
+    own = sum(f.stat().st_size for f in export.iterdir() if not f.is_symlink())
+    assert own < 1_000_000 and (export / "model.safetensors").is_symlink()
+
+
+def test_hand_run_stage_equals_the_rule(micro_run, tmp_path):
+    """The documented by-hand command (config files) gives the rule's output (config subset as JSON)."""
+    out = tmp_path / "critical_dims"
+    run_cli("critical-dims", "--config", micro_run / "config/config.yaml", MICRO, "--out", out)
+    rule_out = micro_run / "results/micro/critical_dims"
+    for name in ("critical_dims.json", "critical_dims.png"):
+        assert (out / name).read_bytes() == (rule_out / name).read_bytes(), name
+    a, b = (json.loads((d / "manifest.json").read_text()) for d in (out, rule_out))
+    assert a["config"] == b["config"] and a["config_hash"] == b["config_hash"]
+
+
+def job_counts(stdout: str) -> dict[str, int]:
+    """Rule -> planned jobs, from the first 'Job stats' table of a dry run ('all' left out)."""
+    if "Nothing to be done" in stdout:
+        return {}
+    table = stdout.split("Job stats:", 1)[1].split("total", 1)[0]
+    return {m[1]: int(m[2]) for m in re.finditer(r"^(\w+)\s+(\d+)$", table, re.M) if m[1] != "all"}
+
+
+AFTER_SEARCH = {"search": 2, "baseline": 2, "export": 4, "evaluate_training_free": 4, "table_training_free": 1,
+                "finetune": 2, "evaluate_finetuned": 2, "table_finetune": 1}
+EVALUATIONS = {"evaluate_training_free": 6, "table_training_free": 1, "evaluate_finetuned": 3, "table_finetune": 1}
+AFTER_MODEL = {"retrieval": 1, "search": 2, "baseline": 2, "export": 6, "evaluate_training_free": 6,
+               "table_training_free": 1, "finetune": 3, "evaluate_finetuned": 3, "table_finetune": 1}
+ALL_GEOMETRY = {"search": 2, "baseline": 4, "export": 6, "evaluate_training_free": 6, "table_training_free": 1,
+                "finetune": 3, "evaluate_finetuned": 3, "table_finetune": 1}
+
+
+def _keys(d, prefix=""):
+    for k, v in d.items():
+        if isinstance(v, dict):
+            yield from _keys(v, f"{prefix}{k}.")
+        else:
+            yield f"{prefix}{k}"
+
+
+RERUNS = [
+    ({"critical_dims": {"figure_dpi": 100}}, {"critical_dims": 1}),
+    ({"retrieval": {"samples": 5}}, {"retrieval": 1}),
+    ({"cluster": {"gpu_mem_gb": 40}}, {}),  # scheduling only: no stage reads it
+    ({"finetune": {"lr": 0.001}}, {"finetune": 3, "evaluate_finetuned": 3, "table_finetune": 1}),
+    ({"needles": {"eval_samples": 3}}, EVALUATIONS),
+    ({"evaluation": {"batch_tokens": 4096}}, EVALUATIONS),
+    ({"search": {"generations": 2}}, AFTER_SEARCH),
+    ({"needles": {"search_samples": 3}}, {"needles": 1, **AFTER_SEARCH}),
+    ({"pretrain": {"lr": 0.003}}, {"pretrain": 1, **AFTER_MODEL}),
+    ({"experiment": {"seed": 8}}, {"pretrain": 1, "needles": 1, **AFTER_MODEL}),
+    ({"model": {"geometry": {"rope_base": 20000}}}, {"critical_dims": 1, "pretrain": 1, "retrieval": 1, **ALL_GEOMETRY}),
+    ({"extension": {"target_length": 2048}}, {"critical_dims": 1, "needles": 1, **ALL_GEOMETRY}),
+    ({"tokenizer": {"vocab_size": 600}}, {"corpus": 1, "pretrain": 1, "needles": 1, **AFTER_MODEL}),
+]
+
+
+@pytest.mark.parametrize("override, expected", RERUNS, ids=[next(_keys(o)) for o, _ in RERUNS])
+def test_editing_a_key_reruns_exactly_its_readers(micro_run, tmp_path, override, expected):
+    path = tmp_path / "override.yaml"
+    path.write_text(yaml.safe_dump(override))
+    proc = snakemake("-n", "--configfile", MICRO, path, cwd=micro_run)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert job_counts(proc.stdout) == expected
+
+
+
+def test_config_path_with_shell_metacharacters_runs_safely(workdir):
+    """No config path reaches a shell: rules pass the config subset, quoted."""
+    weird = workdir / "m||touch X||x.yaml"
+    shutil.copy(MICRO, weird)
+    proc = snakemake("results/micro/critical_dims/critical_dims.json", "--cores", "1", "--configfile", weird, cwd=workdir)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert not (workdir / "X").exists() and (workdir / "results/micro/critical_dims/critical_dims.json").is_file()
+
+
+def test_restated_values_or_another_path_rerun_nothing(micro_run, tmp_path):
+    cfg = yaml.safe_load(MICRO.read_text())
+    restated = tmp_path / "restated.yaml"
+    restated.write_text(yaml.safe_dump({"search": cfg["search"], "experiment": cfg["experiment"],
+                                        "model": {"geometry": {"rope_base": 10000.0}}}))
+    moved = tmp_path / "elsewhere with space" / "micro copy.yaml"
+    moved.parent.mkdir()
+    shutil.copy(MICRO, moved)
+    for files in ([MICRO, restated], [moved]):
+        proc = snakemake("-n", "--configfile", *files, cwd=micro_run)
+        assert proc.returncode == 0 and "Nothing to be done" in proc.stdout + proc.stderr, proc.stdout

@@ -1,4 +1,11 @@
-"""``longrope2 <stage> --config FILE [FILE ...] --out DIR``: the command every Snakemake rule runs."""
+"""``longrope2 <stage> (--config FILE [FILE ...] | --config-json JSON) --out DIR``: the command every
+Snakemake rule runs.
+
+Each stage declares the config keys it reads (``CONFIG_KEYS``) and is given exactly that subset. A rule
+passes the subset itself (``--config-json``, the same JSON its ``params`` hold, so Snakemake reruns a job
+exactly when a key it reads changes); by hand, ``--config`` takes the experiment's YAML files, later ones
+overriding earlier ones, and extracts the same subset.
+"""
 
 from __future__ import annotations
 
@@ -7,19 +14,24 @@ import sys
 
 from . import __version__
 from . import config as cfgmod
+from . import artifacts
 from .errors import LongRoPE2Error
 from .stages import STAGES
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="longrope2", description=__doc__)
+    parser = argparse.ArgumentParser(prog="longrope2", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"longrope2 {__version__}")
     sub = parser.add_subparsers(dest="stage", required=True, metavar="STAGE")
     for stage in STAGES:
-        p = sub.add_parser(stage.NAME, help=stage.HELP, description=stage.__doc__,
+        keys = ", ".join(stage.CONFIG_KEYS) or "none"
+        p = sub.add_parser(stage.NAME, help=stage.HELP, description=f"{stage.__doc__}\nConfig keys read: {keys}",
                            formatter_class=argparse.RawDescriptionHelpFormatter)
-        p.add_argument("--config", nargs="+", required=True, metavar="FILE",
-                       help="experiment config files, later ones override earlier ones (as Snakemake reads them)")
+        src = p.add_mutually_exclusive_group(required=True)
+        src.add_argument("--config", nargs="+", metavar="FILE",
+                         help="experiment config files, later ones override earlier ones (as Snakemake reads them)")
+        src.add_argument("--config-json", metavar="JSON", help="the stage's config subset as JSON (what rules pass)")
         p.add_argument("--out", required=True, metavar="DIR", help="output folder of this stage")
         p.add_argument("--threads", type=int, default=None, help="CPU threads for torch (Snakemake passes {threads})")
         stage.add_arguments(p)
@@ -29,12 +41,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.threads:
-        import torch
-
-        torch.set_num_threads(args.threads)
     try:
-        cfg = cfgmod.load(args.config)
+        cfg = cfgmod.stage_config(args._stage.CONFIG_KEYS, files=args.config, json_text=args.config_json)
+        artifacts.forget_verified()  # one stage run per call: never trust a hash from an earlier call
+        artifacts.verify_inputs({name: getattr(args, name) for name in args._stage.INPUTS if getattr(args, name)})
+        if args.threads:
+            import torch
+
+            torch.set_num_threads(args.threads)
         args._stage.run(cfg, args.out, args)
     except LongRoPE2Error as e:
         print(f"longrope2 {args.stage}: error: {e}", file=sys.stderr)

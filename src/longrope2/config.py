@@ -1,7 +1,10 @@
-"""Load experiment config files (later ones override earlier ones) and validate them against the schema.
+"""Load experiment config files (later ones override earlier ones), validate them against the schema,
+and cut out the subset of keys one stage reads.
 
 Snakemake (Snakefile) and the CLI both go through :func:`validate`, so a bad value fails the same way in
-both: one line naming the key and what is allowed, before any work is done.
+both: one line naming the key and what is allowed, before any work is done. Each stage declares the
+keys it reads (``CONFIG_KEYS``); :func:`subset` extracts exactly those, so a rule's ``params`` (the
+rerun trigger) and what the stage is given are the same object.
 """
 
 from __future__ import annotations
@@ -9,6 +12,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import math
 from importlib import resources
 from pathlib import Path
 from typing import Any, Iterable, Mapping
@@ -19,7 +23,15 @@ from .errors import ConfigError
 
 
 def schema() -> dict:
-    return yaml.safe_load(resources.files("longrope2").joinpath("schemas/config.schema.yaml").read_text())
+    """The JSON schema, with the method-name enums filled from the one method registry."""
+    from . import methods
+
+    sch = yaml.safe_load(resources.files("longrope2").joinpath("schemas/config.schema.yaml").read_text())
+    props = sch["properties"]
+    props["extension"]["properties"]["methods"]["items"]["enum"] = methods.EXTENSION_METHODS
+    props["finetune"]["properties"]["methods"]["items"]["enum"] = methods.EXTENSION_METHODS
+    props["search"]["properties"]["methods"]["items"]["enum"] = methods.SEARCHED_METHODS
+    return sch
 
 
 def deep_merge(base: dict, override: Mapping) -> dict:
@@ -39,20 +51,33 @@ def load_files(paths: Iterable[str | Path]) -> dict:
         p = Path(p)
         if not p.is_file():
             raise ConfigError("--config", f"file {str(p)!r} does not exist")
-        data = yaml.safe_load(p.read_text()) or {}
+        try:
+            data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError as e:
+            mark = getattr(e, "problem_mark", None)
+            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+            raise ConfigError("--config", f"{p} is not valid YAML ({getattr(e, 'problem', None) or e}{where})") from None
+        except UnicodeDecodeError:
+            raise ConfigError("--config", f"{p} is not UTF-8 text") from None
         if not isinstance(data, Mapping):
-            raise ConfigError("--config", f"{p} must hold a mapping at the top level")
+            raise ConfigError("--config", f"{p} must hold a mapping of sections at the top level, got {type(data).__name__}")
         cfg = deep_merge(cfg, data)
     return cfg
 
 
 def _fill_defaults(node: Any, sch: Mapping) -> Any:
+    """Fill schema defaults and write every ``number`` as a float, so 10000 and 10000.0 are one value
+    (a rule's params compare the JSON text: restating a value must not rerun anything)."""
     if sch.get("type") == "object" and isinstance(node, dict):
         for key, sub in sch.get("properties", {}).items():
             if key not in node and "default" in sub:
                 node[key] = copy.deepcopy(sub["default"])
             if key in node:
                 node[key] = _fill_defaults(node[key], sub)
+    elif sch.get("type") == "array" and isinstance(node, list) and isinstance(sch.get("items"), Mapping):
+        return [_fill_defaults(x, sch["items"]) for x in node]
+    elif sch.get("type") == "number" and isinstance(node, int) and not isinstance(node, bool):
+        return float(node)
     return node
 
 
@@ -80,10 +105,27 @@ def _describe(err) -> ConfigError:
     return ConfigError(path, err.message)
 
 
+def _check_finite(node: Any, path: str = "") -> None:
+    """JSON schema's ``number`` admits NaN and infinity (YAML ``.nan``/``.inf``); no config value may be one."""
+    if isinstance(node, float) and not math.isfinite(node):
+        raise ConfigError(path or "<config>", f"must be a finite number, got {node}")
+    if isinstance(node, Mapping):
+        for k, v in node.items():
+            _check_finite(v, f"{path}.{k}" if path else str(k))
+    elif isinstance(node, list):
+        for i, v in enumerate(node):
+            _check_finite(v, f"{path}.{i}")
+
+
 def validate(cfg: dict) -> dict:
     """Validate in place (filling schema defaults) and check cross-field rules; returns cfg."""
     import jsonschema
 
+    from . import methods
+
+    if not isinstance(cfg, Mapping):
+        raise ConfigError("<config>", f"must be a mapping of sections (experiment, model, ...), got {type(cfg).__name__}")
+    _check_finite(cfg)
     sch = schema()
     validator = jsonschema.Draft202012Validator(sch)
     errors = sorted(validator.iter_errors(cfg), key=lambda e: (len(e.absolute_path), str(e.absolute_path)))
@@ -101,11 +143,91 @@ def validate(cfg: dict) -> dict:
     missing = sorted(needed - set(cfg["search"]["methods"]))
     if missing:
         raise ConfigError("search.methods", f"must include {', '.join(missing)} (needed by extension.methods and the rcd baselines)")
+    runnable = methods.training_free(cfg)
+    for i, m in enumerate(cfg["finetune"]["methods"]):
+        if m not in runnable:
+            raise ConfigError(f"finetune.methods.{i}", f"got {m!r}, which this experiment does not build; allowed: "
+                              f"{', '.join(x for x in runnable if x in methods.EXTENSION_METHODS)} (add it to extension.methods)")
     return cfg
 
 
 def load(paths: Iterable[str | Path]) -> dict:
     return validate(load_files(paths))
+
+
+def _get(cfg: Mapping, key: str) -> Any:
+    node: Any = cfg
+    for part in key.split("."):
+        if not isinstance(node, Mapping) or part not in node:
+            raise ConfigError(key, "is missing from the config")
+        node = node[part]
+    return node
+
+
+def subset(cfg: Mapping, keys: Iterable[str]) -> dict:
+    """The nested dict holding only ``keys`` (dotted paths) of a validated config: what one stage reads."""
+    out: dict = {}
+    for key in keys:
+        *parents, leaf = key.split(".")
+        node = out
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = copy.deepcopy(_get(cfg, key))
+    return out
+
+
+def subset_json(cfg: Mapping, keys: Iterable[str]) -> str:
+    """A stage's config subset as canonical JSON: the rule's params value and the CLI's --config-json."""
+    return json.dumps(subset(cfg, keys), sort_keys=True, separators=(",", ":"))
+
+
+def _sub_schema(sch: Mapping, key: str) -> Mapping:
+    for part in key.split("."):
+        sch = sch["properties"][part]
+    return sch
+
+
+def validate_subset(sub: Any, keys: Iterable[str]) -> dict:
+    """Check a subset given as JSON (a rule's ``--config-json``): exactly the declared keys, each valid
+    against its part of the schema (defaults filled), plus the cross-field rules that apply to it."""
+    import jsonschema
+
+    keys = list(keys)
+    if not isinstance(sub, Mapping):
+        raise ConfigError("--config-json", f"must be a JSON object, got {type(sub).__name__}")
+    try:
+        declared = subset(sub, keys)
+    except ConfigError as e:
+        raise ConfigError("--config-json", f"missing key {e.key}; this stage reads: {', '.join(keys)}") from None
+    if declared != sub:
+        raise ConfigError("--config-json", f"holds keys this stage does not read; it reads: {', '.join(keys)}")
+    _check_finite(sub)
+    sch = schema()
+    for key in keys:
+        part = _sub_schema(sch, key)
+        errors = sorted(jsonschema.Draft202012Validator(part).iter_errors(_get(sub, key)), key=lambda e: len(e.absolute_path))
+        if errors:
+            err = jsonschema.exceptions.best_match(errors)
+            described = _describe(err)
+            raise ConfigError(".".join([key, *map(str, err.absolute_path)]), str(described).split(": ", 1)[1])
+        _fill_defaults(_get(sub, key), part)
+    geom = sub.get("model", {}).get("geometry", {})
+    target = sub.get("extension", {}).get("target_length")
+    l0 = geom.get("original_length") if isinstance(geom, Mapping) else None
+    if l0 is not None and target is not None and target <= l0:
+        raise ConfigError("extension.target_length", f"must be above model.geometry.original_length={l0}, got {target}")
+    return dict(sub)
+
+
+def stage_config(keys: Iterable[str], files: Iterable[str | Path] | None = None, json_text: str | None = None) -> dict:
+    """What a stage is given: the declared subset of the validated config files, or of a JSON subset."""
+    if json_text is not None:
+        try:
+            data = json.loads(json_text)
+        except json.JSONDecodeError as e:
+            raise ConfigError("--config-json", f"not valid JSON ({e.msg} at character {e.pos})") from None
+        return validate_subset(data, keys)
+    return subset(load(files or []), keys)
 
 
 def config_hash(subset: Any) -> str:

@@ -67,15 +67,23 @@ def text_dir_documents(path: str | None, field: str = "text", min_chars: int = 2
             if len(text) >= min_chars:
                 yield Document(rel, text)
             continue
-        with open(p, encoding="utf-8") as f:
-            for n, line in enumerate(f):
-                if not line.strip():
-                    continue
+        try:
+            lines = p.read_text(encoding="utf-8").splitlines()
+        except UnicodeDecodeError as e:
+            raise ConfigError("corpus.path", f"{p}: not UTF-8 text (byte {e.start}); re-encode the file") from None
+        for n, line in enumerate(lines):
+            if not line.strip():
+                continue
+            try:
                 rec = json.loads(line)
-                if field not in rec:
-                    raise ConfigError("corpus.field", f"{rel}:{n + 1} has no field {field!r}; keys: {', '.join(rec)}")
-                if len(rec[field]) >= min_chars:
-                    yield Document(f"{rel}:{rec.get('id', n)}", rec[field])
+            except json.JSONDecodeError as e:
+                raise ConfigError("corpus.path", f"{p}:{n + 1}: not a JSON record ({e.msg})") from None
+            if not isinstance(rec, dict):
+                raise ConfigError("corpus.path", f"{p}:{n + 1}: a .jsonl line must be a JSON object")
+            if field not in rec:
+                raise ConfigError("corpus.field", f"{rel}:{n + 1} has no field {field!r}; keys: {', '.join(rec)}")
+            if len(rec[field]) >= min_chars:
+                yield Document(f"{rel}:{rec.get('id', n)}", rec[field])
 
 
 def hf_dataset_documents(spec: Mapping[str, Any], field: str, max_documents: int | None, min_chars: int) -> Iterator[Document]:

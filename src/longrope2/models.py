@@ -101,8 +101,77 @@ def load_pretrained(path: str | Path, device=None, dtype=None, **kwargs):
     ``from_pretrained`` (e.g. ``attn_implementation``)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    if not (Path(path) / "config.json").is_file():
-        raise ConfigError("--model", f"{path} is not a model folder (no config.json)")
+    check_model_dir(path)
     dev, dt = device_and_dtype()
     model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype or dt, **kwargs).to(device or dev).eval()
     return model, AutoTokenizer.from_pretrained(path)
+
+
+# --------------------------------------------------------------------------------------------------
+# Factor files and checkpoints written by the pipeline
+# --------------------------------------------------------------------------------------------------
+
+GEOMETRY_KEYS = ("head_dim", "rope_base", "partial_rotary_factor", "original_length")
+
+
+def check_model_dir(path: str | Path) -> Path:
+    if not (Path(path) / "config.json").is_file():
+        raise ConfigError("--model", f"{path} is not a model folder (no config.json)")
+    return Path(path)
+
+
+def check_geometry(have, want, key: str, what: str, fields=GEOMETRY_KEYS) -> None:
+    """One line naming the first geometry field where two RopeGeometry disagree."""
+    import math
+
+    for name in fields:
+        a, b = getattr(have, name), getattr(want, name)
+        if not math.isclose(float(a), float(b), rel_tol=1e-9):
+            raise ConfigError(key, f"{name} is {a}, {what} says {b}")
+
+
+def load_factors(path: str | Path, geometry=None):
+    """A validated RopeScaling from a factors/rope JSON file; with ``geometry``, also checked against the
+    experiment's ``model.geometry``."""
+    import json
+
+    from . import rope
+
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError("--factors", f"file {str(path)!r} does not exist")
+    try:
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ConfigError("--factors", f"{path} is not valid JSON ({e})") from None
+    scaling = rope.scaling_from_dict(data, source=str(path))
+    if geometry is not None:
+        check_geometry(scaling.geometry, geometry, "--factors", "model.geometry")
+    return scaling
+
+
+def save_model(folder: Path, model, tok, scaling) -> None:
+    """A full checkpoint (weights, tokenizer, config with the method's rope parameters): fine-tuned models."""
+    from . import rope
+
+    rope.apply_scaling(model, scaling)  # also sets model.config.rope_parameters / max_position_embeddings
+    model.save_pretrained(folder, safe_serialization=True)
+    tok.save_pretrained(folder)
+
+
+def write_linked_export(base: str | Path, folder: Path, final: Path, config) -> None:
+    """``config`` as ``folder/config.json`` plus relative links to every other file of the ``base`` model
+    folder: a training-free export differs from its base in the rope parameters alone.
+
+    ``folder`` is where the export is written now and ``final`` where it will live (StageRun renames its
+    staging folder into place), so the links are relative to ``final``."""
+    import os
+
+    base = Path(base).resolve()
+    folder.mkdir(parents=True, exist_ok=True)
+    config.save_pretrained(folder)
+    final_abs = Path(final).resolve()
+    for f in sorted(base.iterdir()):
+        if f.name == "config.json" or f.name.startswith(".") or not f.is_file():
+            continue  # hidden files are workflow bookkeeping (e.g. Snakemake's timestamp), not the model
+        os.symlink(os.path.relpath(f, final_abs), folder / f.name)

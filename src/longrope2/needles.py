@@ -142,3 +142,50 @@ class NeedleBuilder:
         assert len(input_ids) == length, (len(input_ids), length)
         denom = max(len(hay), 1)
         return NeedleSample(input_ids, labels, len(qa[-1][1]), vals[0], tuple(c / denom for c in cuts))
+
+
+# --------------------------------------------------------------------------------------------------
+# Fixed sample sets (search fitness, evaluation): stored as .npz with input_ids/labels (N x L)
+# --------------------------------------------------------------------------------------------------
+
+
+def eval_lengths(original_length: int, target_length: int, multiples: Sequence[float]) -> list[int]:
+    """L0 x each multiple up to the target, and the target itself."""
+    lengths = {int(round(m * original_length)) for m in multiples if m * original_length <= target_length}
+    return sorted(lengths | {original_length, target_length})
+
+
+def needle_set(builder: NeedleBuilder, length: int, n: int, n_depths: int) -> dict[str, np.ndarray]:
+    """n samples of one length, the needle at ``n_depths`` evenly spread depths in turn."""
+    depths = np.linspace(0.0, 1.0, n_depths)
+    samples = [builder.sample(length, 1, depths=[depths[i % n_depths]]) for i in range(n)]
+    return {
+        "input_ids": np.stack([s.input_ids for s in samples]).astype(np.int32),
+        "labels": np.stack([s.labels for s in samples]).astype(np.int32),
+        "depths": np.array([s.depths[0] for s in samples]),
+        "values": np.array([s.value for s in samples]),
+    }
+
+
+def plain_set(corpus: TokenizedCorpus, bos: int, length: int, n: int, seed: int) -> dict[str, np.ndarray]:
+    """BOS + ``length-1`` consecutive tokens (documents concatenated), every token labelled."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for _ in range(n):
+        start = int(rng.integers(0, max(1, corpus.n_tokens - length)))
+        rows.append(np.concatenate([[bos], corpus.tokens[start : start + length - 1]]).astype(np.int32))
+    ids = np.stack(rows)
+    return {"input_ids": ids, "labels": ids.copy()}
+
+
+def save_set(path, arrays: Mapping[str, np.ndarray]) -> dict:
+    """Write one set; returns its summary (samples, length, labelled tokens) for the stage's JSON."""
+    with open(path, "wb") as f:
+        np.savez_compressed(f, **arrays)
+    return {"samples": int(arrays["input_ids"].shape[0]), "length": int(arrays["input_ids"].shape[1]),
+            "labelled_tokens": int((arrays["labels"] != IGNORE_INDEX).sum())}
+
+
+def load_set(path) -> dict[str, np.ndarray]:
+    with np.load(path) as z:
+        return {k: z[k] for k in z.files}

@@ -1,24 +1,29 @@
 """The one place in the project that computes RoPE frequencies and rescale factors.
 
-Conventions (see shared/reference/LONGROPE2.md): ``d`` is the rotary dimension of one head, pair
+Conventions (the LongRoPE2 paper's): ``d`` is the rotary dimension of one head, pair
 ``i = 0 .. d/2-1`` has frequency ``theta_i = b^(-2i/d)``, and a per-pair factor ``lambda_i`` *divides*
 that frequency (``theta'_i = theta_i / lambda_i``) -- the same convention as HF's ``longrope`` factors.
 
-Every method is one function with the signature ``fn(geometry, target_length, **params) -> RopeScaling``
-(the ``METHODS`` registry), mirroring transformers' ``ROPE_INIT_FUNCTIONS``. A ``RopeScaling`` knows its
+Every method is one function ``fn(geometry, target_length, <named params>) -> RopeScaling`` (the ``METHODS``
+registry), mirroring transformers' ``ROPE_INIT_FUNCTIONS``; ``build`` resolves a ``methods.REGISTRY`` name to
+its function and rejects parameters the function does not name (transformers' ``_check_received_keys``).
+``scaling_from_dict`` validates factor files and re-derives their export. A ``RopeScaling`` knows its
 short/long factors, its attention factor, the HF ``rope_parameters`` a checkpoint needs, and can be
 applied in place to a loaded model so later stages swap candidates without reloading weights.
 """
 
 from __future__ import annotations
 
+import inspect
 import math
+import numbers
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import torch
 
+from . import methods as method_registry
 from .errors import ConfigError
 
 # --------------------------------------------------------------------------------------------------
@@ -220,16 +225,6 @@ class RopeScaling:
         }
 
 
-def scaling_from_dict(d: Mapping[str, Any]) -> RopeScaling:
-    """Rebuild a RopeScaling from ``RopeScaling.to_dict()`` (what ``factors.json`` files hold)."""
-    geom = RopeGeometry.from_mapping(d["geometry"])
-    known = {"method", "target_length", "scale", "geometry", "long_factor", "short_factor", "attention_factor",
-             "hf_rope_parameters"}
-    return RopeScaling(d["method"], geom, int(d["target_length"]), np.asarray(d["long_factor"], dtype=np.float64),
-                       np.asarray(d["short_factor"], dtype=np.float64), float(d["attention_factor"]),
-                       dict(d["hf_rope_parameters"]), {k: v for k, v in d.items() if k not in known})
-
-
 def _scaling(method, geom, target, long_factor, short_factor=None, attention_factor=1.0, hf=None, **extra):
     long_factor = np.asarray(long_factor, dtype=np.float64)
     if long_factor.shape != (geom.n_pairs,):
@@ -246,13 +241,13 @@ def _scaling(method, geom, target, long_factor, short_factor=None, attention_fac
 # --------------------------------------------------------------------------------------------------
 
 
-def none(geom: RopeGeometry, target_length: int, **_: Any) -> RopeScaling:
+def none(geom: RopeGeometry, target_length: int) -> RopeScaling:
     """The original RoPE, no scaling (extrapolation baseline)."""
     ones = np.ones(geom.n_pairs)
     return _scaling("none", geom, target_length, ones, ones, 1.0, {"rope_type": "default"})
 
 
-def pi(geom: RopeGeometry, target_length: int, **_: Any) -> RopeScaling:
+def pi(geom: RopeGeometry, target_length: int) -> RopeScaling:
     """Position interpolation: every pair divided by s; HF ``linear``."""
     s = scale_factor(geom, target_length)
     lam = np.full(geom.n_pairs, s)
@@ -266,7 +261,7 @@ def _new_base(geom: RopeGeometry, target_length: int, method: str, lam: np.ndarr
     return s
 
 
-def ntk_static(geom: RopeGeometry, target_length: int, **_: Any) -> RopeScaling:
+def ntk_static(geom: RopeGeometry, target_length: int) -> RopeScaling:
     """NTK-aware static: b' = b * s^(d/(d-2)), i.e. lambda_i = s^(2i/(d-2))."""
     s = scale_factor(geom, target_length)
     d = geom.rotary_dim
@@ -274,7 +269,7 @@ def ntk_static(geom: RopeGeometry, target_length: int, **_: Any) -> RopeScaling:
     return _new_base(geom, target_length, "ntk_static", (new_base / geom.rope_base) ** pair_exponents(geom), new_base)
 
 
-def ntk(geom: RopeGeometry, target_length: int, **_: Any) -> RopeScaling:
+def ntk(geom: RopeGeometry, target_length: int) -> RopeScaling:
     """Critical-dimension NTK (the LongRoPE2 paper's "NTK"): the pair whose period is L0 gets period L.
 
     b_ntk = b^(ln(L/2pi)/ln(L0/2pi)), lambda_i = (b_ntk/b)^(2i/d).
@@ -297,7 +292,7 @@ def _check_rcd(geom: RopeGeometry, d_rcd: int) -> int:
     return int(d_rcd)
 
 
-def ntk_rcd(geom: RopeGeometry, target_length: int, d_rcd: int, **_: Any) -> RopeScaling:
+def ntk_rcd(geom: RopeGeometry, target_length: int, *, d_rcd: int) -> RopeScaling:
     """Critical-dimension NTK anchored at the (searched) real critical dimension: lambda_{d_rcd} = s."""
     s = scale_factor(geom, target_length)
     d_rcd = _check_rcd(geom, d_rcd)
@@ -328,10 +323,10 @@ def _yarn_ramp(geom: RopeGeometry, beta_fast: float, beta_slow: float, truncate:
 def yarn(
     geom: RopeGeometry,
     target_length: int,
+    *,
     beta_fast: float = 32.0,
     beta_slow: float = 1.0,
     truncate: bool = True,
-    **_: Any,
 ) -> RopeScaling:
     """YaRN: ramp between extrapolation (fast pairs) and PI (slow pairs), temperature 0.1 ln s + 1."""
     s = scale_factor(geom, target_length)
@@ -350,7 +345,7 @@ def yarn(
     return _scaling("yarn", geom, target_length, lam, lam, yarn_attention_factor(s), hf)
 
 
-def yarn_rcd(geom: RopeGeometry, target_length: int, d_rcd: int, **_: Any) -> RopeScaling:
+def yarn_rcd(geom: RopeGeometry, target_length: int, *, d_rcd: int) -> RopeScaling:
     """YaRN whose interpolation ramp ends at the real critical dimension (pairs >= d_rcd get s).
 
     Chosen so that pair d_rcd rotates once inside L0 (beta_slow) while the fast boundary stays at 32
@@ -380,7 +375,6 @@ def longrope(
     target_length: int,
     long_factor: Sequence[float] | None = None,
     short_factor: Sequence[float] | None = None,
-    **_: Any,
 ) -> RopeScaling:
     """LongRoPE (v1) parametrisation: free monotone per-pair factors in [1, 1.25 s] (searched on plain PPL).
 
@@ -408,7 +402,6 @@ def longrope2(
     target_length: int,
     d_rcd: int | None = None,
     high_factors: Sequence[float] | None = None,
-    **_: Any,
 ) -> RopeScaling:
     """LongRoPE2: pairs >= d_rcd take searched factors in [s, 2s]; pairs below follow NTK anchored there.
 
@@ -427,6 +420,8 @@ def longrope2(
     )
 
 
+#: rope functions by name (``methods.Method.rope_function``). Parameters after ``target_length`` are keyword-only,
+#: except longrope/longrope2's, which callers (search, tests) still pass positionally.
 METHODS: dict[str, Callable[..., RopeScaling]] = {
     "none": none,
     "pi": pi,
@@ -439,14 +434,233 @@ METHODS: dict[str, Callable[..., RopeScaling]] = {
     "longrope2": longrope2,
 }
 
-#: methods whose factors need no search (they can be computed from the geometry alone)
-TRAINING_FREE_BASELINES = ("pi", "ntk_static", "ntk", "yarn")
-
 
 def get_method(name: str) -> Callable[..., RopeScaling]:
     if name not in METHODS:
         raise ConfigError("method", f"unknown method {name!r}; allowed: {', '.join(METHODS)}")
     return METHODS[name]
+
+
+def parameters(fn: Callable[..., RopeScaling]) -> list[str]:
+    """The parameters a method function names after ``target_length`` (the only keys ``build`` accepts)."""
+    return list(inspect.signature(fn).parameters)[2:]
+
+
+def build(method: str, geom: RopeGeometry, target_length: int, **params: Any) -> RopeScaling:
+    """Factors of a ``methods.REGISTRY`` method, via its ``rope_function``; ``.method`` is the registry name.
+
+    Unknown parameter names are errors, not silently ignored: a misspelt ``d_rcd`` would otherwise fall
+    back to a default and produce plausible but wrong factors.
+    """
+    fn = METHODS[method_registry.get(method).rope_function]
+    allowed = parameters(fn)
+    for key in params:
+        if key not in allowed:
+            raise ConfigError(method, f"unknown parameter {key!r}; allowed: {', '.join(allowed) or '(none)'}")
+    sig = inspect.signature(fn).parameters
+    for key in allowed:
+        if sig[key].default is inspect.Parameter.empty and key not in params:
+            raise ConfigError(method, f"missing parameter {key!r}; allowed: {', '.join(allowed)}")
+    out = fn(geom, target_length, **params)
+    out.method = method
+    return out
+
+
+# --------------------------------------------------------------------------------------------------
+# Factor files (factors.json, rope.json): validated on read, export rebuilt from the factors
+# --------------------------------------------------------------------------------------------------
+
+#: rope functions exported as HF ``longrope`` (free per-pair factors); every other one has its own HF form
+LONGROPE_FORM = ("longrope", "longrope2")
+_REQUIRED = ("method", "geometry", "target_length", "long_factor", "short_factor", "attention_factor")
+_KNOWN = {*_REQUIRED, "scale", "hf_rope_parameters"}
+_REL_TOL = 1e-9
+
+
+def _is_int(x: Any) -> bool:
+    return isinstance(x, numbers.Integral) and not isinstance(x, bool)
+
+
+def _is_number(x: Any) -> bool:
+    return isinstance(x, numbers.Real) and not isinstance(x, bool)
+
+
+def _positive(x: Any) -> bool:
+    return _is_number(x) and math.isfinite(x) and x > 0
+
+
+def _show(x: Any, width: int = 60) -> str:
+    """A value for a one-line message (numpy scalars as plain numbers, long values cut)."""
+    if _is_number(x):
+        x = int(x) if _is_int(x) else float(x)
+    text = repr(x) if not isinstance(x, np.ndarray) else repr(x.tolist())
+    return text if len(text) <= width else text[: width - 3] + "..."
+
+
+def _message(e: ConfigError) -> str:
+    return str(e)[len(e.key) + 2:]
+
+
+def _geometry_from_dict(g: Any, fail: Callable[[str, str], ConfigError]) -> RopeGeometry:
+    if not isinstance(g, Mapping):
+        raise fail("geometry", f"must be a mapping (head_dim, rope_base, original_length, ...), got {_show(g)}")
+    for key in ("head_dim", "rope_base", "original_length"):
+        if key not in g:
+            raise fail(f"geometry.{key}", "missing")
+    for key in ("head_dim", "original_length"):
+        if not _is_int(g[key]):
+            raise fail(f"geometry.{key}", f"must be an integer, got {_show(g[key])}")
+    for key in ("rope_base", "partial_rotary_factor"):
+        if key in g and not (_is_number(g[key]) and math.isfinite(g[key])):
+            raise fail(f"geometry.{key}", f"must be a finite number, got {_show(g[key])}")
+    try:
+        geom = RopeGeometry(int(g["head_dim"]), float(g["rope_base"]), int(g["original_length"]),
+                            float(g.get("partial_rotary_factor", 1.0)))
+    except ConfigError as e:
+        raise fail(f"geometry.{e.key.rsplit('.', 1)[-1]}", _message(e)) from None
+    if "rotary_dim" in g and g["rotary_dim"] != geom.rotary_dim:
+        raise fail("geometry.rotary_dim", f"is {_show(g['rotary_dim'])}, but head_dim x partial_rotary_factor = "
+                                          f"{geom.rotary_dim}")
+    return geom
+
+
+def _factors(x: Any, key: str, n: int, fail: Callable[[str, str], ConfigError]) -> np.ndarray:
+    if not isinstance(x, (list, tuple, np.ndarray)) or np.ndim(x) != 1:
+        raise fail(key, f"must be a list of {n} numbers, got {_show(x)}")
+    if len(x) != n:
+        raise fail(key, f"need {n} per-pair factors (n_pairs of the geometry), got {len(x)}")
+    for i, v in enumerate(x):
+        if not _positive(v):
+            raise fail(f"{key}[{i}]", f"must be a finite number > 0, got {_show(v)}")
+    return np.asarray(x, dtype=np.float64)
+
+
+def _first_mismatch(have: np.ndarray, want: np.ndarray) -> int | None:
+    bad = np.flatnonzero(~np.isclose(have, want, rtol=_REL_TOL, atol=0))
+    return int(bad[0]) if bad.size else None
+
+
+def _difference(have: Any, want: Any, path: str) -> tuple[str, str] | None:
+    """First place where a stored value differs from the derived one: (dotted path, what differs)."""
+    if isinstance(want, Mapping):
+        if not isinstance(have, Mapping):
+            return path, f"must be a mapping, got {_show(have)}"
+        for k in want:
+            if k not in have:
+                return f"{path}.{k}", f"missing; derived from the factors: {_show(want[k])}"
+            found = _difference(have[k], want[k], f"{path}.{k}")
+            if found:
+                return found
+        for k in have:
+            if k not in want:
+                return f"{path}.{k}", f"{_show(have[k])} is not among the parameters derived from the factors"
+        return None
+    if isinstance(want, (list, tuple, np.ndarray)):
+        if not isinstance(have, (list, tuple, np.ndarray)) or len(have) != len(want):
+            return path, f"{_show(have)} differs from {_show(want)} derived from the factors"
+        for i, (a, b) in enumerate(zip(have, want)):
+            found = _difference(a, b, f"{path}[{i}]")
+            if found:
+                return found
+        return None
+    if _is_number(want):
+        same = _is_number(have) and math.isclose(float(have), float(want), rel_tol=_REL_TOL, abs_tol=0)
+    else:
+        same = type(have) is type(want) and have == want
+    return None if same else (path, f"{_show(have)} differs from {_show(want)} derived from the factors")
+
+
+def scaling_from_dict(d: Mapping[str, Any], source: str = "factors") -> RopeScaling:
+    """Rebuild a RopeScaling from ``RopeScaling.to_dict()`` (a factors.json / rope.json), validating it.
+
+    Evaluation applies long/short/attention factors, so the HF export is re-derived from exactly those
+    (never taken from a stored ``hf_rope_parameters`` that could disagree); methods with their own HF form
+    must have the factors that form reproduces. Any problem is one ``ConfigError`` line
+    ``<source>: <field>: <what is wrong>``. Extra keys (d_rcd, fitness, search, ...) stay in ``.extra``.
+    """
+
+    def fail(key: str, message: str) -> ConfigError:
+        return ConfigError(source, f"{key}: {message}")
+
+    if not isinstance(d, Mapping):
+        raise ConfigError(source, f"does not hold a RopeScaling dict (RopeScaling.to_dict()), got {_show(d)}")
+    for key in _REQUIRED:
+        if key not in d:
+            raise fail(key, "missing, so this does not hold a RopeScaling dict (RopeScaling.to_dict())")
+    method = d["method"]
+    if not isinstance(method, str) or method not in method_registry.REGISTRY:
+        raise fail("method", f"unknown method {_show(method)}; allowed: {', '.join(method_registry.REGISTRY)}")
+    fn_name = method_registry.REGISTRY[method].rope_function
+    fn = METHODS[fn_name]
+
+    geom = _geometry_from_dict(d["geometry"], fail)
+    n, l0 = geom.n_pairs, geom.original_length
+    target = d["target_length"]
+    if not _is_int(target) or target <= l0:
+        raise fail("target_length", f"must be an integer above original_length={l0}, got {_show(target)}")
+    target = int(target)
+    if "scale" in d and not (_is_number(d["scale"]) and math.isclose(d["scale"], target / l0, rel_tol=_REL_TOL)):
+        raise fail("scale", f"must be target_length / original_length = {target / l0!r}, got {_show(d['scale'])}")
+    long = _factors(d["long_factor"], "long_factor", n, fail)
+    short = _factors(d["short_factor"], "short_factor", n, fail)
+    attention = d["attention_factor"]
+    if not _positive(attention):
+        raise fail("attention_factor", f"must be a finite number > 0, got {_show(attention)}")
+    attention = float(attention)
+
+    takes_rcd = "d_rcd" in parameters(fn)
+    d_rcd = d.get("d_rcd")
+    if "d_rcd" in d:
+        lo = 0 if fn_name == "longrope" else 1  # all-pairs (v1-space) searches write d_rcd = 0: no NTK fill
+        if not _is_int(d_rcd) or not lo <= d_rcd <= n - 1:
+            raise fail("d_rcd", f"must be an integer in [{lo}, {n - 1}] for {n} pairs, got {_show(d_rcd)}")
+        d_rcd = int(d_rcd)
+    stored_hf = d.get("hf_rope_parameters")
+    if stored_hf is not None and not isinstance(stored_hf, Mapping):
+        raise fail("hf_rope_parameters", f"must be a mapping, got {_show(stored_hf)}")
+
+    if fn_name in LONGROPE_FORM:
+        if fn_name == "longrope2" and d_rcd is not None:
+            fill = longrope2_factors(geom, d_rcd, long[d_rcd:])
+            i = _first_mismatch(long, fill)
+            if i is not None:
+                raise fail(f"long_factor[{i}]", f"{_show(long[i])} is not the NTK fill below d_rcd={d_rcd}: expected "
+                                                f"{_show(fill[i])} = long_factor[{d_rcd}]^({i}/{d_rcd})")
+        out = _scaling(method, geom, target, long, short, attention,
+                       _longrope_export(geom, target, attention, long, short))
+    else:
+        if takes_rcd and d_rcd is None:
+            raise fail("d_rcd", f"missing; {method} is anchored at the real critical dimension")
+        # d_rcd from the file; the form's own knobs (yarn's betas) from its stored HF parameters, checked below
+        params = {k: d[k] if k in d else stored_hf[k] for k in parameters(fn)
+                  if k in d or (stored_hf is not None and k in stored_hf)}
+        try:
+            out = build(method, geom, target, **params)
+        except ConfigError as e:
+            raise ConfigError(source, str(e)) from None
+        except (TypeError, ValueError, ArithmeticError) as e:
+            raise fail(method, f"cannot recompute the factors from {_show(params)} ({type(e).__name__}: {e})") from None
+        inputs = ", ".join(f"{k}={_show(v)}" for k, v in params.items())
+        inputs = f"geometry, target_length and {inputs}" if inputs else "geometry and target_length"
+        for key, have, want in (("long_factor", long, out.long_factor), ("short_factor", short, out.short_factor)):
+            i = _first_mismatch(have, want)
+            if i is not None:
+                raise fail(f"{key}[{i}]", f"{_show(have[i])} differs from {_show(want[i])}, the {method} factor "
+                                          f"recomputed from {inputs}")
+        if not math.isclose(attention, out.attention_factor, rel_tol=_REL_TOL):
+            raise fail("attention_factor", f"{_show(attention)} differs from {_show(out.attention_factor)}, recomputed for {method}")
+        for key, want in out.extra.items():  # derived extras (new_base, d_rcd) must agree too
+            found = _difference(d[key], want, key) if key in d else None
+            if found:
+                raise fail(found[0], found[1].replace("derived from the factors", f"recomputed for {method}"))
+        out.long_factor, out.short_factor, out.attention_factor = long, short, attention
+
+    if stored_hf is not None:
+        found = _difference(stored_hf, out.hf_rope_parameters, "hf_rope_parameters")
+        if found:
+            raise fail(found[0], f"{found[1]} (stale or hand-edited; the export follows the factors)")
+    out.extra = {**out.extra, **{k: v for k, v in d.items() if k not in _KNOWN}}
+    return out
 
 
 def from_hf_rope_parameters(geom: RopeGeometry, params: Mapping[str, Any], target_length: int | None = None) -> RopeScaling:
@@ -464,7 +678,8 @@ def from_hf_rope_parameters(geom: RopeGeometry, params: Mapping[str, Any], targe
         return pi(geom, int(round(params["factor"] * geom.original_length)))
     if rope_type == "yarn":
         target = int(round(params["factor"] * geom.original_length))
-        return yarn(geom, target, params.get("beta_fast") or 32.0, params.get("beta_slow") or 1.0, params.get("truncate", True))
+        return yarn(geom, target, beta_fast=params.get("beta_fast") or 32.0, beta_slow=params.get("beta_slow") or 1.0,
+                    truncate=params.get("truncate", True))
     if rope_type == "default":
         lam = (base / geom.rope_base) ** pair_exponents(geom)
         target = target_length or geom.original_length + 1

@@ -14,6 +14,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from . import rope
+
 IGNORE_INDEX = -100
 
 
@@ -79,3 +81,36 @@ def needle_accuracy(model, builder, length: int, n_needles: int, n: int, batch_t
         hits += sc.all_correct.tolist()
         nll += sc.nll.tolist()
     return float(np.mean(hits)), float(np.mean(nll))
+
+
+class Evaluator:
+    """Mean NLL of the labelled tokens of a fixed sample set under any RopeScaling (weights loaded once)."""
+
+    def __init__(self, model, input_ids: np.ndarray, labels: np.ndarray, batch_tokens: int = 8192):
+        self.model = model
+        self.device = next(model.parameters()).device
+        self.ids = torch.as_tensor(input_ids, dtype=torch.long)
+        self.labels = torch.as_tensor(labels, dtype=torch.long)
+        self.batch = max(1, batch_tokens // self.ids.shape[1])
+        self.sample_forwards = 0
+
+    def __len__(self) -> int:
+        return self.ids.shape[0]
+
+    def __call__(self, scaling: rope.RopeScaling, n: int | None = None) -> tuple[float, float]:
+        """(mean NLL over labelled tokens, exact-match accuracy) on the first ``n`` samples."""
+        rope.apply_scaling(self.model, scaling)
+        return self.score_installed(n)
+
+    def score_installed(self, n: int | None = None) -> tuple[float, float]:
+        """The same, under whatever RoPE the model has now (e.g. a fine-tuned export's own config)."""
+        n = len(self) if n is None else min(n, len(self))
+        nll_sum, n_tok, hits = 0.0, 0, 0
+        for i in range(0, n, self.batch):
+            j = min(i + self.batch, n)
+            sc = score(self.model, self.ids[i:j].to(self.device), self.labels[i:j].to(self.device))
+            nll_sum += float(sc.nll_sum.sum())
+            n_tok += int(sc.n_tokens.sum())
+            hits += int(sc.all_correct.sum())
+        self.sample_forwards += n
+        return nll_sum / max(n_tok, 1), hits / n

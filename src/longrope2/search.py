@@ -5,64 +5,24 @@ monotone non-decreasing, inside ``[lo, hi]``. In the LongRoPE2 space pairs below
 anchored at the first gene and ``d_rcd`` is searched in ``[d10_tcd, d_tcd]``; in the all-pairs space
 (LongRoPE v1, and the paper's ablation) ``d_rcd = 0`` and every pair is a gene.
 
-The model is loaded once; :class:`Evaluator` swaps the rotary factors per candidate through the RoPE
+The model is loaded once; :class:`scoring.Evaluator` swaps the rotary factors per candidate through the RoPE
 core and scores only labelled positions. Racing (successive halving) scores every new candidate on the
 first few samples and spends the full set only on the promising ones.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Callable, Iterable
 
 import numpy as np
-import torch
 
 from . import rope, scoring
+from .checkpoints import GenerationLog
 
 Candidate = tuple[int, tuple[float, ...]]
-
-
-# --------------------------------------------------------------------------------------------------
-# Fitness
-# --------------------------------------------------------------------------------------------------
-
-
-class Evaluator:
-    """Mean NLL of the labelled tokens of a fixed sample set under any RopeScaling (weights loaded once)."""
-
-    def __init__(self, model, input_ids: np.ndarray, labels: np.ndarray, batch_tokens: int = 8192):
-        self.model = model
-        self.device = next(model.parameters()).device
-        self.ids = torch.as_tensor(input_ids, dtype=torch.long)
-        self.labels = torch.as_tensor(labels, dtype=torch.long)
-        self.batch = max(1, batch_tokens // self.ids.shape[1])
-        self.sample_forwards = 0
-
-    def __len__(self) -> int:
-        return self.ids.shape[0]
-
-    def __call__(self, scaling: rope.RopeScaling, n: int | None = None) -> tuple[float, float]:
-        """(mean NLL over labelled tokens, exact-match accuracy) on the first ``n`` samples."""
-        rope.apply_scaling(self.model, scaling)
-        return self.score_installed(n)
-
-    def score_installed(self, n: int | None = None) -> tuple[float, float]:
-        """The same, under whatever RoPE the model has now (e.g. a fine-tuned export's own config)."""
-        n = len(self) if n is None else min(n, len(self))
-        nll_sum, n_tok, hits = 0.0, 0, 0
-        for i in range(0, n, self.batch):
-            j = min(i + self.batch, n)
-            sc = scoring.score(self.model, self.ids[i:j].to(self.device), self.labels[i:j].to(self.device))
-            nll_sum += float(sc.nll_sum.sum())
-            n_tok += int(sc.n_tokens.sum())
-            hits += int(sc.all_correct.sum())
-        self.sample_forwards += n
-        return nll_sum / max(n_tok, 1), hits / n
 
 
 # --------------------------------------------------------------------------------------------------
@@ -190,10 +150,10 @@ class SearchConfig:
 class Search:
     """Evolutionary search with a per-generation JSONL log it resumes from (same seed, same result)."""
 
-    def __init__(self, space: Space, fitness: Evaluator, cfg: SearchConfig, seed: int, log_path: Path,
+    def __init__(self, space: Space, fitness: scoring.Evaluator, cfg: SearchConfig, seed: int, log: GenerationLog,
                  seeds: list[np.ndarray] = (), progress: Callable | None = None):
         self.space, self.fitness, self.cfg = space, fitness, cfg
-        self.log_path = Path(log_path)
+        self.log = log
         self.rng = np.random.default_rng(seed)
         self.seeds = list(seeds)
         self.cache: dict[Candidate, dict] = {}  # candidate -> {"nll", "acc", "full": bool}
@@ -201,7 +161,7 @@ class Search:
         self.trace: list[dict] = []
         self.generation = -1
         self.progress = progress
-        self.wall = 0.0
+        self.wall = self.resumed_wall = 0.0
 
     # -- bookkeeping ---------------------------------------------------------------------------
     def _key(self, c: Candidate) -> float:
@@ -209,9 +169,9 @@ class Search:
         return r["nll"] if r["full"] else math.inf
 
     def _resume(self) -> None:
-        if not self.log_path.exists():
+        lines = self.log.read()  # torn tails and logs of another config/inputs are set aside there
+        if not lines:
             return
-        lines = [json.loads(x) for x in self.log_path.read_text().splitlines() if x.strip()]
         for rec in lines:
             for d, genes, r in rec["evaluated"]:
                 self.cache[(int(d), tuple(genes))] = r
@@ -221,7 +181,7 @@ class Search:
         self.trace = [rec["trace"] for rec in lines]
         self.rng.bit_generator.state = last["rng_state"]
         self.fitness.sample_forwards = last["trace"]["sample_forwards"]
-        self.wall = last["trace"]["wall_s"]
+        self.wall = self.resumed_wall = last["trace"]["wall_s"]
 
     def _log(self, evaluated: list[Candidate]) -> None:
         ranked = sorted(self.population, key=self._key)
@@ -243,8 +203,7 @@ class Search:
             "rng_state": self.rng.bit_generator.state,
             "trace": trace,
         }
-        with open(self.log_path, "a") as f:
-            f.write(json.dumps(rec) + "\n")
+        self.log.append(rec)
         if self.progress:
             self.progress(trace)
 

@@ -1,6 +1,12 @@
-"""One module per pipeline stage; each exposes NAME, HELP, add_arguments(parser) and run(cfg, out, args)."""
+"""One module per pipeline stage; each exposes NAME, HELP, CONFIG_KEYS (the dotted config keys it reads,
+the only ones it is given), add_arguments(parser) and run(cfg, out, args)."""
 
-from . import baselines, corpus, critical_dims, evaluate, export, finetune, import_model, needles, pretrain, retrieval, search, tables
+from . import (baselines, corpus, critical_dims, evaluate, export, finetune, import_model, needles, pretrain,
+               retrieval, search, tables)
 
 #: registration order is the order of ``longrope2 --help``
-STAGES = [critical_dims, corpus, import_model, pretrain, retrieval, needles, search, baselines, export, finetune, evaluate, tables]
+STAGES = [critical_dims, corpus, import_model, pretrain, retrieval, needles, search, baselines, export,
+          finetune, evaluate, tables]
+
+#: stage name -> the config keys it reads (what a rule's params hold)
+CONFIG_KEYS = {s.NAME: s.CONFIG_KEYS for s in STAGES}

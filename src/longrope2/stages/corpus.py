@@ -16,6 +16,9 @@ from ..errors import ConfigError
 
 NAME = "corpus"
 HELP = "documents -> split -> (tokenizer) -> memory-mapped token arrays"
+CONFIG_KEYS = ("model.source", "corpus", "tokenizer")
+#: arguments naming input artifacts, checked against their producers' manifests before any work
+INPUTS = ("tokenizer",)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -26,7 +29,6 @@ def run(cfg: dict, out: str, args: argparse.Namespace) -> None:
     from transformers import AutoTokenizer
 
     c = cfg["corpus"]
-    subset = {"corpus": c, "tokenizer": cfg.get("tokenizer"), "model": {"source": cfg["model"]["source"]}}
     if args.tokenizer is None and cfg["model"]["source"] != "scale":
         raise ConfigError("--tokenizer", "a real model's corpus needs its tokenizer folder (the import-model output)")
     docs = corpusmod.split_documents(cfg)
@@ -37,7 +39,7 @@ def run(cfg: dict, out: str, args: argparse.Namespace) -> None:
                 "or raise corpus.validation_fraction/test_fraction"
             )
     fp = corpusmod.fingerprint(docs)
-    with StageRun("corpus", out, subset, inputs=[args.tokenizer] if args.tokenizer else [], seed=None,
+    with StageRun("corpus", out, cfg, inputs=[args.tokenizer] if args.tokenizer else [], seed=None,
                   extra={"corpus_fingerprint": fp}) as run_:
         if args.tokenizer:
             tok = AutoTokenizer.from_pretrained(args.tokenizer)

@@ -13,11 +13,15 @@ from typing import Any
 import numpy as np
 
 from .. import config as cfgmod
+from .. import methods as registry
 from .. import rope
 from ..artifacts import StageRun
 
 NAME = "critical-dims"
 HELP = "stage 1: critical dimensions, periods and baseline factor curves of the RoPE geometry"
+CONFIG_KEYS = ("model.geometry", "extension.target_length", "critical_dims")
+#: arguments naming input artifacts, checked against their producers' manifests before any work
+INPUTS = ()
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -28,7 +32,7 @@ def analyse(geom: rope.RopeGeometry, target: int) -> dict[str, Any]:
     """All numbers of stage 1 as a JSON-able dict."""
     d_tcd, d10 = rope.critical_dim(geom), rope.critical_dim_10(geom)
     s = rope.scale_factor(geom, target)
-    methods = {name: rope.METHODS[name](geom, target) for name in rope.TRAINING_FREE_BASELINES}
+    methods = {name: rope.build(name, geom, target) for name in registry.GEOMETRY_BASELINES}
     # LongRoPE2's search seed (d_rcd = d_tcd, all searched pairs = s) shows where the search starts
     methods["longrope2_init"] = rope.longrope2(geom, target)
     per = rope.periods(geom)
@@ -100,13 +104,11 @@ def plot(result: dict[str, Any], path, dpi: int = 120) -> None:
 def run(cfg: dict, out: str, args: argparse.Namespace) -> None:
     geom = cfgmod.geometry(cfg)
     target = cfg["extension"]["target_length"]
-    subset = {"model": {"geometry": cfg["model"]["geometry"]}, "extension": {"target_length": target},
-              "critical_dims": cfg.get("critical_dims", {})}
     result = analyse(geom, target)
-    with StageRun("critical_dims", out, subset, seed=None) as run_:
+    with StageRun("critical_dims", out, cfg, seed=None) as run_:
         run_.write_json("critical_dims.json", result)
         if not args.no_figure:
-            plot(result, run_.path("critical_dims.png"), cfg.get("critical_dims", {}).get("figure_dpi", 120))
+            plot(result, run_.path("critical_dims.png"), cfg["critical_dims"]["figure_dpi"])
     print(
         f"d_tcd={result['d_tcd']} d10_tcd={result['d10_tcd']} rotary_dim={result['rotary_dim']} "
         f"s={result['scale']:g} ntk_base={result['ntk_base']:.4g} -> {out}"

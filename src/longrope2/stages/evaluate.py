@@ -1,55 +1,84 @@
-"""Evaluate one model under one RoPE scaling on the needle sets: needle accuracy (greedy exact match),
-needle-PPL (PPL of the answer tokens) and plain PPL at every evaluation length.
+"""Evaluate one model under one RoPE scaling on held-out sets: needle accuracy (greedy exact match),
+needle-PPL (PPL of the answer tokens) and plain PPL at every evaluation length (L0 x
+``needles.eval_length_multiples`` up to the target, and the target).
 
-With ``--factors`` the scaling is swapped into the loaded model in place (training-free comparison);
-without it the model's own config decides (fine-tuned exports carry their rope parameters).
+The sets are built here from *test* documents, seeded by (seed, length): every method, training-free
+and fine-tuned, scores the same samples, and no shared data file sits between the jobs (rebuilding
+one would re-trigger every evaluation). With ``--factors`` the scaling is swapped into the loaded model
+in place (training-free comparison); without it the model's own config decides (fine-tuned exports
+carry their rope parameters). A NaN metric (non-finite logits: corrupt weights or a broken scaling)
+fails the stage; a PPL that overflows (a baseline that breaks down) is written as ``"inf"``.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import math
-from pathlib import Path
 
-from .. import models, rope
+from .. import models, progress, rope
 from ..artifacts import StageRun
-from ..search import Evaluator
-from .needles import load_set
+from ..corpus import TokenizedCorpus, check_size
+from ..errors import LongRoPE2Error
+from ..needles import NeedleBuilder, eval_lengths, needle_set, plain_set
+from ..scoring import Evaluator
 
 NAME = "evaluate"
 HELP = "needle accuracy, needle-PPL and PPL of a model (+ optional factors) at every evaluation length"
+CONFIG_KEYS = ("experiment.seed", "model.geometry.original_length", "extension.target_length", "needles.template",
+               "needles.eval_samples", "needles.depths", "needles.eval_length_multiples", "evaluation.batch_tokens")
+#: arguments naming input artifacts, checked against their producers' manifests before any work
+INPUTS = ("model", "corpus", "factors")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", required=True, metavar="DIR", help="model folder")
-    p.add_argument("--needles", required=True, metavar="DIR", help="needles stage folder")
+    p.add_argument("--model", required=True, metavar="DIR", help="model folder (its tokenizer builds the sets)")
+    p.add_argument("--corpus", required=True, metavar="DIR", help="tokenized corpus folder (test split)")
     p.add_argument("--factors", metavar="FILE", help="factors JSON to apply in place (default: the model's own RoPE)")
     p.add_argument("--label", required=True, help="method name written to the metrics (e.g. longrope2)")
     p.add_argument("--stage-label", default="training-free", help="before/after/training-free: row label for tables")
 
 
+def lengths(cfg: dict) -> list[int]:
+    return eval_lengths(cfg["model"]["geometry"]["original_length"], cfg["extension"]["target_length"],
+                        cfg["needles"]["eval_length_multiples"])
+
+
+def eval_sets(cfg: dict, corpus: TokenizedCorpus, tok, length: int) -> dict[str, dict]:
+    """The needle and plain-PPL sets of one length (seeded by seed + length: the same for every method)."""
+    nc, seed = cfg["needles"], cfg["experiment"]["seed"] + length
+    return {"needle": needle_set(NeedleBuilder(corpus, tok, nc["template"], seed=seed), length, nc["eval_samples"],
+                                 nc["depths"]),
+            "plain": plain_set(corpus, tok.bos_token_id, length, nc["eval_samples"], seed)}
+
+
+def ppl(nll: float, what: str) -> float:
+    """exp(NLL), infinite past float range; NaN is an error, never a table entry."""
+    if math.isnan(nll):
+        raise LongRoPE2Error(f"{what} is NaN: the model produced non-finite logits (corrupt weights or a broken scaling)")
+    return math.exp(nll) if nll < 709.0 else math.inf
+
+
 def run(cfg: dict, out: str, args: argparse.Namespace) -> None:
-    meta = json.loads((Path(args.needles) / "needles.json").read_text())
-    model, _ = models.load_pretrained(args.model)
+    test = TokenizedCorpus(args.corpus, "test")
+    ls = lengths(cfg)
+    check_size(test, max(ls), key="corpus")
+    model, tok = models.load_pretrained(args.model)
     if args.factors:
-        rope.apply_scaling(model, rope.scaling_from_dict(json.loads(Path(args.factors).read_text())))
-    batch = cfg["search"]["batch_tokens"]
-    result = {"method": args.label, "stage": args.stage_label, "lengths": {}}
-    for L in meta["eval_lengths"]:
+        rope.apply_scaling(model, models.load_factors(args.factors))
+    batch = cfg["evaluation"]["batch_tokens"]
+    result = {"method": args.label, "stage": args.stage_label, "samples": cfg["needles"]["eval_samples"], "lengths": {}}
+    for L in progress.bar(ls, desc=f"evaluate {args.label}"):
         metrics = {}
-        for kind in ("needle", "plain"):
-            data = load_set(Path(args.needles) / f"eval_{kind}_{L}.npz")
-            ev = Evaluator(model, data["input_ids"], data["labels"], batch)
-            # evaluate under the scaling already installed: score through the evaluator's batching
-            nll, acc = ev.score_installed()
+        for kind, data in eval_sets(cfg, test, tok, L).items():
+            # scored under the scaling already installed, through the evaluator's batching
+            nll, acc = Evaluator(model, data["input_ids"], data["labels"], batch).score_installed()
             if kind == "needle":
-                metrics.update(needle_acc=acc, needle_ppl=math.exp(nll))
+                metrics.update(needle_acc=acc, needle_ppl=ppl(nll, f"needle_ppl at length {L}"))
             else:
-                metrics.update(ppl=math.exp(nll))
+                metrics.update(ppl=ppl(nll, f"ppl at length {L}"))
         result["lengths"][str(L)] = metrics
-        print(f"{args.label} L={L}: {metrics}", flush=True)
-    inputs = [args.model, args.needles] + ([args.factors] if args.factors else [])
-    subset = {"label": args.label, "stage": args.stage_label, "needles": cfg["needles"]}
-    with StageRun("evaluate", out, subset, inputs=inputs, seed=None) as run_:
+        progress.write(f"{args.label} L={L}: {metrics}")
+    inputs = [args.model, args.corpus] + ([args.factors] if args.factors else [])
+    subset = {**cfg, "label": args.label, "stage": args.stage_label}
+    with StageRun("evaluate", out, subset, inputs=inputs, seed=cfg["experiment"]["seed"]) as run_:
         run_.write_json("metrics.json", result)

@@ -20,7 +20,6 @@ GPU set ``finetune.attn_implementation: flex_attention`` (block-sparse BlockMask
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import time
 from contextlib import nullcontext
@@ -32,15 +31,21 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from .. import models, progress, rope
-from ..artifacts import StageRun
+from ..artifacts import StageRun, verify_inputs
+from ..checkpoints import Checkpoints, fingerprint
 from ..corpus import TokenizedCorpus
 from ..needles import IGNORE_INDEX, NeedleBuilder
 from ..packing import Packer, RowSpec
 from ..training import warmup_cosine
-from .export import write_checkpoint
 
 NAME = "finetune"
 HELP = "mixed context window fine-tuning of one method (resumable; DDP/FSDP under torchrun)"
+CONFIG_KEYS = ("experiment.seed", "model.geometry", "extension.target_length", "needles.template",
+               *(f"finetune.{k}" for k in ("steps", "batch_size", "grad_accum", "lr", "min_lr_ratio", "warmup_steps",
+                                           "short_fraction", "needle_fraction", "checkpoint_every",
+                                           "gradient_checkpointing", "ce_chunk", "parallel", "attn_implementation")))
+#: arguments naming input artifacts, checked against their producers' manifests before any work
+INPUTS = ("model", "corpus", "factors")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -114,14 +119,12 @@ def state_dicts(model, opt):
     return get_model_state_dict(model, options=opts), get_optimizer_state_dict(model, opt, options=opts)
 
 
-def save_checkpoint(path: Path, model, opt, sched, step: int, log: list, rank: int, world: int) -> None:
+def save_checkpoint(ckpts: Checkpoints, model, opt, sched, step: int, log: list, rank: int, world: int) -> None:
     """Full model/optimizer state gathered on every rank, written atomically by rank 0."""
     model_sd, opt_sd = state_dicts(model, opt)
     if rank == 0:
-        tmp = path.with_suffix(".tmp")
-        torch.save({"step": step, "model": model_sd, "optimizer": opt_sd, "scheduler": sched.state_dict(),
-                    "torch_rng": torch.get_rng_state(), "log": log}, tmp)
-        tmp.replace(path)
+        ckpts.save(step, {"step": step, "model": model_sd, "optimizer": opt_sd, "scheduler": sched.state_dict(),
+                          "torch_rng": torch.get_rng_state(), "log": log})
     if world > 1:
         dist.barrier()
 
@@ -138,7 +141,7 @@ def run(cfg: dict, out: str, args: argparse.Namespace) -> None:
     p, seed = cfg["finetune"], cfg["experiment"]["seed"]
     geom = rope.RopeGeometry.from_mapping(cfg["model"]["geometry"])
     target = cfg["extension"]["target_length"]
-    scaling = rope.scaling_from_dict(json.loads(Path(args.factors).read_text()))
+    scaling = models.load_factors(args.factors, geom)
     rank, world, device = setup_distributed()
     torch.manual_seed(seed)
     lm, tok = models.load_pretrained(args.model, device=device, dtype=torch.float32,
@@ -154,21 +157,23 @@ def run(cfg: dict, out: str, args: argparse.Namespace) -> None:
     spec = RowSpec(target, geom.original_length, 0.0 if args.no_mixed else p["short_fraction"], seed,
                    needle_fraction=p["needle_fraction"])
     train = TokenizedCorpus(args.corpus, "train")
-    needles = NeedleBuilder(train, tok, cfg["needles"].get("template"), seed) if p["needle_fraction"] else None
+    needles = NeedleBuilder(train, tok, cfg["needles"]["template"], seed) if p["needle_fraction"] else None
     packer = Packer(train, spec, tok.bos_token_id, needles)
     rows_per_step = p["batch_size"] * p["grad_accum"] * world
 
-    ckpt = Path(args.checkpoint_dir or Path(out).parent / ".checkpoints" / f"finetune-{args.label}") / "last.pt"
-    ckpt.parent.mkdir(parents=True, exist_ok=True)
+    # a checkpoint resumes only under the same config subset, inputs and row recipe (--no-mixed)
+    ckpts = Checkpoints(Path(args.checkpoint_dir or Path(out).parent / ".checkpoints" / f"finetune-{args.label}"),
+                        fingerprint({**cfg, "no_mixed": args.no_mixed},
+                                    verify_inputs([args.model, args.corpus, args.factors])))
     start, log = 0, []
-    if ckpt.exists():
-        state = torch.load(ckpt, weights_only=False)
+    if (state := ckpts.load()) is not None:
         load_state_dicts(model, opt, state["model"], state["optimizer"])
         sched.load_state_dict(state["scheduler"])
         torch.set_rng_state(state["torch_rng"])
         start, log = state["step"], state["log"]
         if rank == 0:
-            print(f"resuming from step {start} ({ckpt})", flush=True)
+            print(f"resuming from step {start} ({ckpts.resumed_from})", flush=True)
+    prior_wall = log[-1]["wall_s"] if log else 0.0
 
     steps = p["steps"] if args.max_steps is None else min(p["steps"], args.max_steps)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
@@ -198,33 +203,32 @@ def run(cfg: dict, out: str, args: argparse.Namespace) -> None:
         log.append(rec)
         bar.set_postfix(loss=f"{rec['loss']:.3f}", tok_s=f"{tokens / wall:.0f}")
         if step + 1 < p["steps"] and ((step + 1) % p["checkpoint_every"] == 0 or step + 1 == steps):
-            save_checkpoint(ckpt, model, opt, sched, step + 1, log, rank, world)
+            save_checkpoint(ckpts, model, opt, sched, step + 1, log, rank, world)
     if steps < p["steps"]:  # --max-steps: a slice of the run, resumable from its checkpoint, no export
         if rank == 0:
-            print(f"stopped at step {steps} of {p['steps']} (checkpoint {ckpt})", flush=True)
+            print(f"stopped at step {steps} of {p['steps']} (checkpoint in {ckpts.directory})", flush=True)
     else:
         model_sd, _ = state_dicts(model, opt)
         if rank == 0:
-            export(cfg, out, args, scaling, model_sd, log)
-            ckpt.unlink(missing_ok=True)
+            export(cfg, out, args, scaling, model_sd, log, prior_wall)
+            ckpts.clear()
     if world > 1:
         dist.barrier()
         dist.destroy_process_group()
 
 
-def export(cfg, out, args, scaling, model_sd, log) -> None:
+def export(cfg, out, args, scaling, model_sd, log, prior_wall: float) -> None:
     """Save the fine-tuned weights with the method's rope parameters (stock transformers loads it).
 
     The weights go into a fresh copy of the base model: the trained one may be FSDP-sharded and has
     the training-only rotary module and checkpointing wrappers."""
     lm, tok = models.load_pretrained(args.model, device="cpu", dtype=torch.float32)
     lm.load_state_dict({k.removeprefix("lm."): v for k, v in model_sd.items()})
-    p = cfg["finetune"]
-    subset = {"finetune": p, "label": args.label, "no_mixed": args.no_mixed, "seed": cfg["experiment"]["seed"],
-              "extension": cfg["extension"]}
+    subset = {**cfg, "label": args.label, "no_mixed": args.no_mixed}
     with StageRun("finetune", out, subset, inputs=[args.model, args.corpus, args.factors], seed=cfg["experiment"]["seed"],
-                  extra={"train_wall_s": log[-1]["wall_s"], "tokens": log[-1]["tokens"]}) as run_:
-        write_checkpoint(run_, lm, tok, scaling, finetuned=args.label, no_mixed=args.no_mixed)
+                  prior_wall_s=prior_wall, extra={"train_wall_s": log[-1]["wall_s"], "tokens": log[-1]["tokens"]}) as run_:
+        models.save_model(run_.path("model"), lm, tok, scaling)
+        run_.write_json("rope.json", scaling.to_dict() | {"finetuned": args.label, "no_mixed": args.no_mixed})
         run_.write_csv("train_log.csv", log)
     print(f"fine-tuned {args.label}: {len(log)} steps, {log[-1]['tokens']} tokens, final loss {log[-1]['loss']:.4f}, "
           f"{log[-1]['tokens'] / log[-1]['wall_s']:.0f} tok/s -> {out}")

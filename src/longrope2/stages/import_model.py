@@ -17,6 +17,9 @@ from ..rope import RopeGeometry, critical_dim
 
 NAME = "import-model"
 HELP = "real model (hub / local / GGUF) -> normalized HF folder + RoPE geometry"
+CONFIG_KEYS = ("model.source", "model.id", "model.geometry")
+#: arguments naming input artifacts, checked against their producers' manifests before any work
+INPUTS = ()
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -35,7 +38,6 @@ def run(cfg: dict, out: str, args: argparse.Namespace) -> None:
     spec = cfg["model"]
     if spec["source"] == "scale":
         raise ConfigError("model.source", "import-model takes hub, local or gguf; the scale model is built by `pretrain`")
-    subset = {"model": spec}
     t0 = time.perf_counter()
     model, tok, origin = models.load_model(spec)
     load_s = time.perf_counter() - t0
@@ -43,7 +45,7 @@ def run(cfg: dict, out: str, args: argparse.Namespace) -> None:
     found = RopeGeometry.from_hf_config(model.config, original_length=spec["geometry"]["original_length"])
     check_geometry(found, spec["geometry"])
     n_params = sum(p.numel() for p in model.parameters())
-    with StageRun("import_model", out, subset, inputs=[origin["gguf"]] if "gguf" in origin else [], seed=None,
+    with StageRun("import_model", out, cfg, inputs=[origin["gguf"]] if "gguf" in origin else [], seed=None,
                   extra={"origin": origin, "load_seconds": round(load_s, 2)}) as run_:
         model.save_pretrained(run_.path("model"), safe_serialization=True)
         tok.save_pretrained(run_.path("model"))

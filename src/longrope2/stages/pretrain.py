@@ -7,8 +7,9 @@ induction-head plateau is what makes the model retrieve; answer-only loss at sho
 in a few hundred steps on two CPU cores.
 
 Resumable: a checkpoint (model, optimizer, step, data and torch RNG states) is written every
-``checkpoint_every`` steps into ``--checkpoint-dir`` (not a Snakemake output), and a restarted run
-continues from it and ends with the same weights as an uninterrupted one.
+``checkpoint_every`` steps into ``--checkpoint-dir`` (not a Snakemake output), keyed by the hash of the
+config subset and the corpus; a restarted run continues from a matching one and ends with the same
+weights as an uninterrupted one, and a checkpoint of another config is set aside, never resumed.
 """
 
 from __future__ import annotations
@@ -22,13 +23,17 @@ import torch
 import torch.nn.functional as F
 
 from .. import progress, scoring
-from ..artifacts import StageRun
+from ..artifacts import StageRun, verify_inputs
+from ..checkpoints import Checkpoints, fingerprint
 from ..corpus import TokenizedCorpus
 from ..needles import IGNORE_INDEX, NeedleBuilder
 from ..training import warmup_cosine
 
 NAME = "pretrain"
 HELP = "pretrain the offline scale model (retrieval curriculum), resumable"
+CONFIG_KEYS = ("experiment.seed", "model.geometry", "scale_model", "pretrain", "needles.template")
+#: arguments naming input artifacts, checked against their producers' manifests before any work
+INPUTS = ("corpus",)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -84,26 +89,15 @@ def loss_fn(model, ids, lab, lm_weight: float, pad_id: int):
     return (ce * w).sum() / w.sum(), answer_loss
 
 
-def save_checkpoint(path: Path, step, model, opt, builder, curriculum_rng, log):
-    tmp = path.with_suffix(".tmp")
-    torch.save({"step": step, "model": model.state_dict(), "optimizer": opt.state_dict(),
-                "builder_rng": builder.rng.getstate(), "curriculum_rng": curriculum_rng.getstate(),
-                "torch_rng": torch.get_rng_state(), "log": log}, tmp)
-    tmp.replace(path)
-
-
 def run(cfg: dict, out: str, args: argparse.Namespace) -> None:
     from transformers import AutoTokenizer
 
     p, seed = cfg["pretrain"], cfg["experiment"]["seed"]
     l0 = cfg["model"]["geometry"]["original_length"]
-    subset = {"model": cfg["model"], "scale_model": cfg["scale_model"], "pretrain": p, "needles": cfg.get("needles"),
-              "seed": seed}
     ckpt_dir = Path(args.checkpoint_dir or Path(out).parent / ".checkpoints" / "pretrain")
-    ckpt_dir.mkdir(parents=True, exist_ok=True)
-    ckpt = ckpt_dir / "last.pt"
+    ckpts = Checkpoints(ckpt_dir, fingerprint(cfg, verify_inputs([args.corpus])))
     tok = AutoTokenizer.from_pretrained(Path(args.corpus) / "tokenizer")
-    template = cfg.get("needles", {}).get("template")
+    template = cfg["needles"]["template"]
     train = NeedleBuilder(TokenizedCorpus(args.corpus, "train"), tok, template, seed=seed)
     torch.manual_seed(seed)
     model = build_model(cfg, tok)
@@ -112,19 +106,17 @@ def run(cfg: dict, out: str, args: argparse.Namespace) -> None:
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": p["weight_decay"]}, {"params": other, "weight_decay": 0.0}],
                             lr=p["lr"], betas=(0.9, 0.95))
     curriculum_rng = random.Random(seed + 1)
-    start, log = 0, []
-    if ckpt.exists():
-        state = torch.load(ckpt, weights_only=False)
+    start, log, prior_wall, tokens = 0, [], 0.0, 0
+    if (state := ckpts.load()) is not None:
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         train.rng.setstate(state["builder_rng"])
         curriculum_rng.setstate(state["curriculum_rng"])
         torch.set_rng_state(state["torch_rng"])
-        start, log = state["step"], state["log"]
-        print(f"resuming from step {start} ({ckpt})", flush=True)
+        start, log, prior_wall, tokens = state["step"], state["log"], state["wall_s"], state["tokens"]
+        print(f"resuming from step {start} ({ckpts.resumed_from})", flush=True)
     n_params = sum(q.numel() for q in model.parameters())
-    t0 = time.perf_counter() - (log[-1]["wall_s"] if log else 0.0)
-    tokens = log[-1]["tokens"] if log else 0
+    t0 = time.perf_counter() - prior_wall
     bar = progress.bar(range(start, p["steps"]), initial=start, total=p["steps"], desc="pretrain")
     model.train()
     for step in bar:
@@ -143,17 +135,20 @@ def run(cfg: dict, out: str, args: argparse.Namespace) -> None:
         bar.set_postfix(loss=f"{loss.item():.3f}", ans=f"{answer_loss.item():.3f}", len=option["length"],
                         tok_s=f"{tokens / (time.perf_counter() - t0):.0f}")
         if (step + 1) % p["checkpoint_every"] == 0 and step + 1 < p["steps"]:
-            save_checkpoint(ckpt, step + 1, model, opt, train, curriculum_rng, log)
+            ckpts.save(step + 1, {"step": step + 1, "model": model.state_dict(), "optimizer": opt.state_dict(),
+                                  "builder_rng": train.rng.getstate(), "curriculum_rng": curriculum_rng.getstate(),
+                                  "torch_rng": torch.get_rng_state(), "log": log, "tokens": tokens,
+                                  "wall_s": time.perf_counter() - t0})
     log.append(evaluate(model, cfg, args.corpus, tok, p["steps"], time.perf_counter() - t0, tokens))
     wall = time.perf_counter() - t0
-    with StageRun("pretrain", out, subset, inputs=[args.corpus], seed=seed,
+    with StageRun("pretrain", out, cfg, inputs=[args.corpus], seed=seed, prior_wall_s=prior_wall,
                   extra={"train_wall_s": round(wall, 1), "parameters": n_params}) as run_:
         model.save_pretrained(run_.path("model"), safe_serialization=True)
         tok.save_pretrained(run_.path("model"))
         run_.write_csv("pretrain_curve.csv", log)
         run_.write_json("pretrain.json", {"parameters": n_params, "steps": p["steps"], "tokens": tokens,
                                           "wall_s": round(wall, 1), "tokens_per_s": round(tokens / wall), "final": log[-1]})
-    ckpt.unlink(missing_ok=True)
+    ckpts.clear()
     print(f"pretrained {n_params / 1e6:.2f}M params, {p['steps']} steps, {wall / 60:.1f} min; "
           f"L0={l0} single={log[-1]['acc_single']:.3f} multi={log[-1]['acc_multi']:.3f} -> {out}")
 
@@ -165,7 +160,7 @@ def evaluate(model, cfg, corpus_dir, tok, step, wall, tokens) -> dict:
     val = TokenizedCorpus(corpus_dir, "validation")
     model.eval()
     rng_state = torch.get_rng_state()
-    template = cfg.get("needles", {}).get("template")
+    template = cfg["needles"]["template"]
     single = scoring.needle_accuracy(model, NeedleBuilder(val, tok, template, seed=101), l0, 1, p["eval_samples"], 8192)[0]
     multi = scoring.needle_accuracy(model, NeedleBuilder(val, tok, template, seed=202), l0, 4, p["eval_samples"], 8192)[0]
     torch.set_rng_state(rng_state)

@@ -17,6 +17,9 @@ from ..needles import NeedleBuilder
 
 NAME = "retrieval"
 HELP = "needle retrieval accuracy of the base model at L0 and multiples of it (no scaling)"
+CONFIG_KEYS = ("experiment.seed", "model.geometry.original_length", "retrieval", "needles.template")
+#: arguments naming input artifacts, checked against their producers' manifests before any work
+INPUTS = ("model", "corpus")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -28,16 +31,14 @@ def run(cfg: dict, out: str, args: argparse.Namespace) -> None:
     rc = cfg["retrieval"]
     l0 = cfg["model"]["geometry"]["original_length"]
     lengths = [int(m * l0) for m in rc["length_multiples"]]
-    subset = {"retrieval": rc, "needles": cfg.get("needles"), "model": {"geometry": cfg["model"]["geometry"]},
-              "seed": cfg["experiment"]["seed"]}
     test = TokenizedCorpus(args.corpus, "test")
     check_size(test, max(lengths), key="corpus")
     model, tok = models.load_pretrained(args.model)
     result = {"lengths": {}, "samples": rc["samples"], "nll": {}}
-    with StageRun("retrieval", out, subset, inputs=[args.model, args.corpus], seed=cfg["experiment"]["seed"]) as run_:
+    with StageRun("retrieval", out, cfg, inputs=[args.model, args.corpus], seed=cfg["experiment"]["seed"]) as run_:
         jobs = [(L, name, k) for L in lengths for name, k in (("single", 1), ("multi", 4))]
         for L, name, k in progress.bar(jobs, desc="retrieval"):
-            builder = NeedleBuilder(test, tok, cfg.get("needles", {}).get("template"), seed=cfg["experiment"]["seed"] + 7919 * L + k)
+            builder = NeedleBuilder(test, tok, cfg["needles"]["template"], seed=cfg["experiment"]["seed"] + 7919 * L + k)
             acc, nll = scoring.needle_accuracy(model, builder, L, k, rc["samples"], rc["batch_tokens"])
             result["lengths"].setdefault(str(L), {})[name] = acc
             result["nll"].setdefault(str(L), {})[name] = nll

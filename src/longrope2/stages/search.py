@@ -14,29 +14,27 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import models, progress, rope
-from ..artifacts import StageRun
-from ..config import config_hash
+from .. import methods, models, progress, rope
+from ..artifacts import StageRun, verify_inputs
+from ..checkpoints import GenerationLog, fingerprint
 from ..errors import ConfigError
-from ..search import Evaluator, Search, SearchConfig, Space
-from .needles import load_set
+from ..needles import load_set
+from ..scoring import Evaluator
+from ..search import Search, SearchConfig, Space
 
 NAME = "search"
 HELP = "evolutionary search of per-pair rescale factors (LongRoPE2, LongRoPE, ablations)"
-
-#: searched method -> (space, objective set)
-SEARCHES = {
-    "longrope2": ("longrope2", "search_needle"),
-    "longrope": ("v1", "search_plain"),
-    "longrope2_plain_ppl": ("longrope2", "search_plain"),
-    "longrope2_all_pairs": ("all_pairs", "search_needle"),
-}
+CONFIG_KEYS = ("experiment.seed", "model.geometry", "extension.target_length", "search.population",
+               "search.generations", "search.parents", "search.mutants", "search.crossovers", "search.mutation_p",
+               "search.initial", "search.batch_tokens", "search.racing")
+#: arguments naming input artifacts, checked against their producers' manifests before any work
+INPUTS = ("model", "needles")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, metavar="DIR", help="base model folder")
     p.add_argument("--needles", required=True, metavar="DIR", help="needles stage folder")
-    p.add_argument("--method", required=True, choices=list(SEARCHES), help="which search to run")
+    p.add_argument("--method", required=True, choices=methods.SEARCHED_METHODS, help="which search to run")
     p.add_argument("--checkpoint-dir", metavar="DIR", help="per-generation log to resume from (default <out>/../.checkpoints)")
     p.add_argument("--racing", choices=["on", "off"], help="override search.racing.enabled")
 
@@ -89,19 +87,20 @@ def plot(trace: list[dict], best: rope.RopeScaling, geom, target: int, path: Pat
 def run(cfg: dict, out: str, args: argparse.Namespace) -> None:
     sc, seed = cfg["search"], cfg["experiment"]["seed"]
     geom, target = rope.RopeGeometry.from_mapping(cfg["model"]["geometry"]), cfg["extension"]["target_length"]
-    kind, objective = SEARCHES[args.method]
+    method = methods.get(args.method)
+    objective = f"search_{method.objective}"
     scfg = search_config(sc, args.racing)
     if scfg.parents > scfg.population:
         raise ConfigError("search.parents", f"must not exceed search.population={scfg.population}")
-    subset = {"search": sc, "method": args.method, "racing": scfg.racing, "model": {"geometry": cfg["model"]["geometry"]},
-              "extension": {"target_length": target}, "seed": seed}
+    subset = {**cfg, "method": args.method, "racing": scfg.racing}
     data = load_set(Path(args.needles) / f"{objective}.npz")
     model, _ = models.load_pretrained(args.model)
     fitness = Evaluator(model, data["input_ids"], data["labels"], sc["batch_tokens"])
-    space, seeds = make_space(kind, geom, target, args.method)
+    space, seeds = make_space(method.space, geom, target, args.method)
     ckpt_dir = Path(args.checkpoint_dir or Path(out).parent / ".checkpoints" / f"search-{args.method}")
     ckpt_dir.mkdir(parents=True, exist_ok=True)
-    log_path = ckpt_dir / f"generations-{config_hash(subset)}.jsonl"  # a changed config starts afresh
+    # a log of another config subset or other inputs is set aside, never resumed
+    log = GenerationLog(ckpt_dir / "generations.jsonl", fingerprint(subset, verify_inputs([args.model, args.needles])))
     bar = progress.bar(total=scfg.generations + 1, desc=f"search {args.method}")
 
     def report(t: dict) -> None:
@@ -110,7 +109,7 @@ def run(cfg: dict, out: str, args: argparse.Namespace) -> None:
                         cand_s=f"{t['evaluated'] / max(t['wall_s'], 1e-9):.2f}")
         bar.refresh()
 
-    search = Search(space, fitness, scfg, seed, log_path, seeds, report)
+    search = Search(space, fitness, scfg, seed, log, seeds, report)
     best = search.run()
     bar.close()
     scaling = space.scaling(best)
@@ -121,7 +120,8 @@ def run(cfg: dict, out: str, args: argparse.Namespace) -> None:
                    "generations": scfg.generations, "racing": scfg.racing, "wall_s": round(search.wall, 1),
                    "d_tcd": rope.critical_dim(geom), "d10_tcd": rope.critical_dim_10(geom)},
     }
-    with StageRun("search", out, subset, inputs=[args.model, Path(args.needles) / f"{objective}.npz"], seed=seed) as run_:
+    with StageRun("search", out, subset, inputs=[args.model, args.needles], seed=seed,
+                  prior_wall_s=search.resumed_wall) as run_:
         run_.write_json("factors.json", result)
         run_.write_csv("trace.csv", search.trace)
         plot(search.trace, scaling, geom, target, run_.path("search.png"))

@@ -1,16 +1,24 @@
-"""Paper tables: collect per-run ``metrics.json`` files into a CSV, a Markdown table and a plot."""
+"""Paper tables: collect per-run ``metrics.json`` files into a CSV, a Markdown table and a plot.
+
+Rows follow the method registry's order; an overflowing PPL (``"inf"`` in the metrics) shows as ∞."""
 
 from __future__ import annotations
 
 import argparse
 import json
 
+import math
+
 import pandas as pd
 
+from .. import methods
 from ..artifacts import StageRun
 
 NAME = "tables"
 HELP = "collect metrics.json files into <name>.csv / .md / .png"
+CONFIG_KEYS = ()
+#: arguments naming input artifacts, checked against their producers' manifests before any work
+INPUTS = ()
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -28,7 +36,8 @@ def collect(paths: list[str], as_before: list[str] = ()) -> pd.DataFrame:
     for path, method, stage in entries:
         m = json.loads(open(path).read())
         for L, metrics in m["lengths"].items():
-            rows.append({"method": method or m["method"], "stage": stage or m.get("stage", ""), "length": int(L), **metrics})
+            values = {k: float(v) for k, v in metrics.items()}  # "inf" -> inf
+            rows.append({"method": method or m["method"], "stage": stage or m.get("stage", ""), "length": int(L), **values})
     return pd.DataFrame(rows)
 
 
@@ -44,9 +53,21 @@ def markdown(df: pd.DataFrame) -> str:
         out += [f"**{metric}**", "", header, "|" + "---|" * (len(keys) + len(wide.columns))]
         for idx, row in wide.iterrows():
             idx = idx if isinstance(idx, tuple) else (idx,)
-            out.append("| " + " | ".join(map(str, idx)) + " | " + " | ".join(fmt.format(v) for v in row) + " |")
+            out.append("| " + " | ".join(map(str, idx)) + " | " + " | ".join(_cell(fmt, v) for v in row) + " |")
         out.append("")
     return "\n".join(out)
+
+
+def _cell(fmt: str, v: float) -> str:
+    return "∞" if math.isinf(v) else fmt.format(v)
+
+
+def order(df: pd.DataFrame) -> pd.DataFrame:
+    """Registry order of methods (fine-tuning ablations right after their method), 'before' above 'after'."""
+    names = list(methods.REGISTRY)
+    rank = {n: i for i, n in enumerate(names)} | {methods.NO_MIXED: names.index("longrope2") + 0.5}
+    return df.assign(_m=df["method"].map(lambda m: rank.get(m, len(names))), _s=df["stage"] != "before") \
+        .sort_values(["_m", "_s", "length"], kind="stable").drop(columns=["_m", "_s"])
 
 
 def plot(df: pd.DataFrame, path) -> None:
@@ -76,7 +97,7 @@ def plot(df: pd.DataFrame, path) -> None:
 def run(cfg: dict, out: str, args: argparse.Namespace) -> None:
     df = collect(args.metrics, args.as_before)
     cols = [c for c in args.columns if c in df]
-    df = df[cols + [c for c in df.columns if c not in cols]].sort_values(["method", "stage", "length"], ascending=[True, False, True], kind="stable")
+    df = order(df[cols + [c for c in df.columns if c not in cols]])
     with StageRun("tables", out, {"name": args.name, "columns": cols}, inputs=args.metrics + [e.split(":")[0] for e in args.as_before], seed=None) as run_:
         df[cols].to_csv(run_.path(f"{args.name}.csv"), index=False, float_format="%.6g")
         run_.write_text(f"{args.name}.md", markdown(df))

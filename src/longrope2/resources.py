@@ -1,0 +1,372 @@
+"""Job resources of every stage -- threads, host memory, wall time, GPUs -- from the model's size and the
+experiment, so a cluster scheduler (the SLURM profile) gets requests that fit the job.
+
+Rules read them as ``threads: R["search"]["threads"]`` and ``resources: mem_mb=..., runtime=lambda wc,
+attempt: R["search"]["runtime"] * attempt, gpu=R["search"]["gpu"]``. Pure arithmetic, no torch: the
+Snakefile imports this while it parses.
+
+Everything here is an ESTIMATE, not a measurement of the run:
+
+- parameters are exact for dense decoder configs (Llama / Mistral / Qwen / Phi-3 shapes) and what the
+  experiment declares otherwise; memory and time are modelled from them with the constants below;
+- time assumes ~40% of a GPU's 989 TFLOP/s dense bf16 peak (H100 class; the README measured 37% for
+  the pipeline's evaluator and 62% for flex-attention fine-tuning on an H200, but 15% with ``sdpa``) and
+  ~50 GFLOP/s for a CPU job (61 measured for the scale model's pretraining on this 2-core machine),
+  then adds a 1.5x margin and a 10-minute floor. Retries ask ``runtime x attempt`` and the long stages
+  resume from their checkpoints, so an underestimate costs a resubmission, not the work done;
+- host memory (``mem_mb``) is what the process holds in RAM; GPU memory is only used to choose how many
+  GPUs fine-tuning needs and to warn when a job will not fit.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+from .errors import ConfigError
+
+# --- assumptions (each one an estimate; see the module docstring) ------------------------------------
+GPU_PEAK_FLOPS = 989e12  #: dense bf16 FLOP/s of one H100-class GPU
+GPU_MFU = 0.40  #: achieved fraction of the peak for forward passes and flex/flash-attention training
+TRAIN_MFU = {"flex_attention": 0.40, "flash_attention_2": 0.40, "sdpa": 0.15, "eager": 0.10}  #: README
+CPU_FLOPS = 50e9  #: FLOP/s of one CPU job (fp32; extra threads barely help these small models)
+TIME_MARGIN = 1.5  #: estimated seconds are multiplied by this before rounding up
+RUNTIME_FLOOR_MIN = 10  #: no job asks for less (start-up, imports, scheduling granularity)
+READ_BYTES_S = 0.5e9  #: reading or writing weights on a shared file system
+DOWNLOAD_BYTES_S = 25e6  #: Hugging Face Hub download (import-model)
+BASE_MB = 2000  #: a Python process with torch + transformers imported
+GPU_BASE_MB = 4000  #: the same with CUDA initialised (host side), per process
+TINY_MB = 1000  #: stages that load no model (tables, baselines, critical dimensions)
+HOST_OVERHEAD = 1.5  #: host copies while loading weights (safetensors read + dtype conversion)
+GPU_RESERVE = 0.10  #: share of each GPU kept for the CUDA context, allocator fragmentation, NCCL
+ADAM_BYTES = 16  #: fp32 master weight + fp32 grad + two fp32 Adam moments, per parameter
+CKPT_BYTES = 12  #: a fine-tuning checkpoint: fp32 weights + two Adam moments, per parameter
+LAYER_ACT_BYTES = 34  #: bf16 activation bytes per token per hidden unit of one layer (Korthikanti et
+#  al. 2022, without the attention-score term that flash/flex attention never materialises)
+FWD_ACT_BYTES = 32  #: peak bytes per token per hidden unit of a no-grad forward (one layer live)
+
+#: the CLI stage names
+STAGES = ("critical-dims", "corpus", "import-model", "pretrain", "retrieval", "needles", "search", "baseline",
+          "export", "finetune", "evaluate", "tables")
+#: Snakemake rule names (and other spellings) -> stage
+ALIASES = {"critical_dims": "critical-dims", "import_model": "import-model", "evaluate_training_free": "evaluate", "evaluate_finetuned": "evaluate",
+           "table_training_free": "tables", "table_finetune": "tables", "table": "tables"}
+#: threads of CPU jobs (the scale model's stages measured fastest with these on 2 cores)
+CPU_THREADS = {"corpus": 2, "import-model": 2, "pretrain": 1, "retrieval": 2, "search": 2, "finetune": 1,
+               "evaluate": 1}
+#: stages that run a model forward/backward: on a GPU for real models
+MODEL_STAGES = ("retrieval", "search", "finetune", "evaluate")
+
+
+@dataclass(frozen=True)
+class ModelSize:
+    """What the estimates need to know about the model."""
+
+    parameters: int
+    layers: int
+    hidden_size: int
+    vocab_size: int
+
+
+# --- model size ----------------------------------------------------------------------------------------
+def count_parameters(hf: Mapping[str, Any]) -> int:
+    """Parameters of a decoder-only transformer from its Hugging Face ``config.json``: embeddings,
+    attention with grouped KV heads, gated MLP (x experts for MoE), RMS norms, tied or untied LM head.
+    Exact for Llama/Mistral/Phi-3/SmolLM shapes; biases only where the config flags them."""
+    hf = hf.get("text_config") or hf
+    h, layers, vocab = hf["hidden_size"], hf["num_hidden_layers"], hf["vocab_size"]
+    heads = hf["num_attention_heads"]
+    kv = hf.get("num_key_value_heads") or heads
+    head_dim = hf.get("head_dim") or h // heads
+    inter = hf.get("intermediate_size") or 4 * h
+    experts = hf.get("num_local_experts") or hf.get("num_experts") or 1
+    q, k = heads * head_dim, kv * head_dim
+    attn = h * q + 2 * h * k + q * h + (q + 2 * k + h if hf.get("attention_bias") else 0)
+    mlp = experts * (3 * h * inter + (2 * inter + h if hf.get("mlp_bias") else 0)) + (h * experts if experts > 1 else 0)
+    per_layer = attn + mlp + 2 * h  # two RMSNorm weights
+    tied = hf.get("tie_word_embeddings", True)  # transformers' default when the key is absent
+    return vocab * h * (1 if tied else 2) + layers * per_layer + h
+
+
+def size_from_hf_config(hf: Mapping[str, Any]) -> ModelSize:
+    text = hf.get("text_config") or hf
+    return ModelSize(count_parameters(hf), text["num_hidden_layers"], text["hidden_size"], text["vocab_size"])
+
+
+def scale_model_size(cfg: Mapping) -> ModelSize:
+    """The scale model the pretrain stage builds: a tied LlamaForCausalLM, KV heads = heads."""
+    m, g = cfg["scale_model"], cfg["model"]["geometry"]
+    vocab = cfg["tokenizer"]["vocab_size"]
+    hf = {"hidden_size": m["hidden_size"], "num_hidden_layers": m["layers"], "num_attention_heads": m["heads"],
+          "num_key_value_heads": m["heads"], "head_dim": g["head_dim"], "intermediate_size": m["intermediate_size"],
+          "vocab_size": vocab, "tie_word_embeddings": True}
+    return size_from_hf_config(hf)
+
+
+def model_size(cfg: Mapping, imported_config: Path | str | None) -> ModelSize:
+    """The imported model's own config.json when it exists, else the size the experiment declares
+    (``model.size``, for a model not yet downloaded), else the scale model's architecture."""
+    if imported_config is not None and Path(imported_config).is_file():
+        hf = json.loads(Path(imported_config).read_text())
+        try:
+            return size_from_hf_config(hf)
+        except KeyError as e:
+            if not cfg["model"].get("size"):
+                raise ConfigError("model.size", f"{imported_config} has no {e.args[0]}: declare the model's size "
+                                  "(parameters, layers, hidden_size, vocab_size)") from None
+    declared = cfg["model"].get("size")
+    if declared:
+        return ModelSize(int(declared["parameters"]), int(declared["layers"]), int(declared["hidden_size"]),
+                         int(declared["vocab_size"]))
+    if cfg["model"]["source"] == "scale":
+        return scale_model_size(cfg)
+    raise ConfigError("model.size", f"{cfg['model'].get('id')!r} is not imported yet, so its size is unknown: declare "
+                      "model.size: {parameters, layers, hidden_size, vocab_size} in the experiment config")
+
+
+# --- workloads -----------------------------------------------------------------------------------------
+def forward_flops(size: ModelSize, length: int) -> float:
+    """One causal forward of a ``length``-token row: 2 N per token + causal attention (QK^T and AV)."""
+    return 2.0 * size.parameters * length + 2.0 * size.layers * length**2 * size.hidden_size
+
+
+def train_flops(size: ModelSize, length: int, checkpointing: bool) -> float:
+    """Forward + backward (2x forward) of one row: 6 N per token, 8 N with activation checkpointing's
+    recomputed forward; attention likewise."""
+    k = 4.0 if checkpointing else 3.0
+    return k * forward_flops(size, length)
+
+
+def eval_lengths(cfg: Mapping) -> list[int]:
+    """The evaluation stage's lengths (L0 x each multiple up to the target, and the target)."""
+    from .needles import eval_lengths as lengths
+
+    return lengths(cfg["model"]["geometry"]["original_length"], cfg["extension"]["target_length"],
+                   cfg["needles"]["eval_length_multiples"])
+
+
+def retrieval_lengths(cfg: Mapping) -> list[int]:
+    l0 = cfg["model"]["geometry"]["original_length"]
+    return [int(m * l0) for m in cfg["retrieval"]["length_multiples"]]
+
+
+def search_forwards(cfg: Mapping) -> float:
+    """Sample-forwards of one search at the target length: every candidate (initial + children of each
+    generation; an upper bound, duplicates are cached) on all samples, or with racing on the racing
+    samples and the kept share on the rest."""
+    s, n = cfg["search"], cfg["needles"]["search_samples"]
+    candidates = s["initial"] + s["generations"] * (s["mutants"] + s["crossovers"])
+    race = s.get("racing", {})
+    if race.get("enabled"):
+        first = min(race["samples"], n)
+        per = first + race["keep"] * (n - first)
+    else:
+        per = n
+    return candidates * per
+
+
+def _heads(cfg: Mapping, size: ModelSize) -> int:
+    return max(1, size.hidden_size // cfg["model"]["geometry"]["head_dim"])
+
+
+# --- memory --------------------------------------------------------------------------------------------
+def _mib(nbytes: float) -> int:
+    return int(math.ceil(nbytes / 2**20))
+
+
+def forward_act_bytes(cfg: Mapping, size: ModelSize, length: int, batch_tokens: int, cpu: bool) -> float:
+    """Peak activations of a no-grad forward batch (one layer live at a time). On CPU (fp32) the
+    attention scores of a row are materialised too."""
+    rows = max(1, batch_tokens // length)
+    act = rows * length * size.hidden_size * FWD_ACT_BYTES * (2 if cpu else 1)
+    if cpu:
+        act += rows * _heads(cfg, size) * length**2 * 4
+    return act
+
+
+def forward_gpu_bytes(cfg: Mapping, size: ModelSize, length: int, batch_tokens: int) -> float:
+    """GPU memory of a forward stage: bf16 weights + activations of one batch."""
+    return 2.0 * size.parameters + forward_act_bytes(cfg, size, length, batch_tokens, cpu=False)
+
+
+def train_act_bytes(cfg: Mapping, size: ModelSize, rows: int, length: int, cpu: bool, ckpt: bool,
+                    attn: str) -> float:
+    """Activations of ``rows`` training rows. With activation checkpointing: every layer's input (fp32:
+    the residual stream stays fp32 under bf16 autocast with fp32 weights) + one layer recomputed in
+    backward; without: every layer's activations. Plus the attention's own: the boolean per-document
+    mask transformers builds for ``sdpa``, the scores for ``eager`` / CPU; nothing for flex/flash."""
+    h, layers, heads = size.hidden_size, size.layers, _heads(cfg, size)
+    per_layer = LAYER_ACT_BYTES * (2 if cpu else 1)  # CPU trains in fp32
+    per_token = h * (4 * layers + per_layer) if ckpt else h * layers * (per_layer + 8)
+    scores = heads * length**2 * 4 * (1 if ckpt else layers)
+    if cpu or attn == "eager":
+        extra = scores + length**2
+    elif attn == "sdpa":
+        extra = length**2
+    else:
+        extra = 0
+    return rows * (length * per_token + extra)
+
+
+def finetune_gpu_bytes(cfg: Mapping, size: ModelSize, gpus: int) -> float:
+    """Per-GPU memory of fine-tuning on ``gpus`` GPUs: 16 B/param (FSDP shards them; DDP keeps a full
+    copy per GPU) + activations of ``finetune.batch_size`` rows at the target length + the parameters
+    FSDP holds unsharded while computing (fp32 embeddings and LM head of the root, ~3 layers in flight)."""
+    ft = cfg["finetune"]
+    n = size.parameters
+    if ft.get("parallel", "ddp") == "fsdp" and gpus > 1:
+        embed = 2 * size.vocab_size * size.hidden_size
+        layer = max(0, n - embed) / size.layers
+        states = ADAM_BYTES * n / gpus + 4 * (embed + 3 * layer)
+    else:
+        states = ADAM_BYTES * n
+    act = train_act_bytes(cfg, size, ft["batch_size"], cfg["extension"]["target_length"], cpu=False,
+                          ckpt=ft.get("gradient_checkpointing", True), attn=ft.get("attn_implementation", "sdpa"))
+    return states + act
+
+
+def finetune_gpus(cfg: Mapping, size: ModelSize) -> int:
+    """The fewest GPUs (up to one node; 1 under DDP, which does not shard) whose per-GPU share fits
+    ``cluster.gpu_mem_gb``. When none does, that most with a warning: the estimate says the job will run
+    out of GPU memory. Note that the GPU count is also the data-parallel world size, and the stage's
+    rows per step are ``batch_size x grad_accum x world``: more GPUs, larger steps."""
+    cl = cfg.get("cluster", {})
+    usable = cl.get("gpu_mem_gb", 80) * 1e9 * (1 - GPU_RESERVE)
+    most = cl.get("gpus_per_node", 8) if cfg["finetune"].get("parallel", "ddp") == "fsdp" else 1
+    for g in range(1, most + 1):
+        if finetune_gpu_bytes(cfg, size, g) <= usable:
+            return g
+    need, ft = finetune_gpu_bytes(cfg, size, most) / 1e9, cfg["finetune"]
+    warnings.warn(f"finetune: ~{need:.0f} GB per GPU on {most} GPU(s) (estimate; {ft.get('parallel', 'ddp')}, "
+                  f"batch_size {ft['batch_size']} x {cfg['extension']['target_length']} tokens) exceeds "
+                  f"cluster.gpu_mem_gb={cl.get('gpu_mem_gb', 80)}: it will likely run out of GPU memory",
+                  stacklevel=2)
+    return most
+
+
+def _check_forward_fits(stage: str, cfg: Mapping, size: ModelSize, length: int, batch_tokens: int) -> None:
+    usable = cfg.get("cluster", {}).get("gpu_mem_gb", 80) * 1e9 * (1 - GPU_RESERVE)
+    need = forward_gpu_bytes(cfg, size, length, batch_tokens)
+    if need > usable:
+        warnings.warn(f"{stage}: ~{need / 1e9:.0f} GB on one GPU at {length} tokens (estimate) exceeds "
+                      f"cluster.gpu_mem_gb={cfg.get('cluster', {}).get('gpu_mem_gb', 80)}", stacklevel=3)
+
+
+# --- time ----------------------------------------------------------------------------------------------
+def _minutes(seconds: float) -> int:
+    return max(RUNTIME_FLOOR_MIN, int(math.ceil(seconds * TIME_MARGIN / 60.0)))
+
+
+def _flop_rate(gpus: int, mfu: float = GPU_MFU) -> float:
+    return gpus * GPU_PEAK_FLOPS * mfu if gpus else CPU_FLOPS
+
+
+# --- per stage -----------------------------------------------------------------------------------------
+def stage_resources(stage: str, cfg: Mapping, size: ModelSize) -> dict:
+    """``{"threads", "mem_mb", "runtime", "gpu"}`` of one stage (CLI or rule name): host memory in MiB,
+    runtime in minutes for the first attempt, GPUs (0: CPU job; the scale model runs on the CPU).
+
+    Estimates (module docstring): real models run bf16 forwards on one GPU (retrieval up to its longest
+    multiple of L0, search and evaluate at their lengths) and fine-tune on :func:`finetune_gpus`; their
+    host RAM is what loading the weights takes (fine-tuning: see the phases below), activations live on
+    the GPU. The scale model runs in fp32 on the CPU, activations in host RAM. Time is FLOPs over the
+    assumed rate plus reading weights and writing checkpoints; the workload counts are upper bounds
+    (every search candidate scored, every row a full-attention row). Tokenizing stages (corpus, needles),
+    tables and export are small and get fixed guesses or the floor."""
+    stage = ALIASES.get(stage, stage)
+    if stage not in STAGES:
+        raise ValueError(f"unknown stage {stage!r}; stages: {', '.join(STAGES)}")
+    real = cfg["model"]["source"] != "scale"
+    cl = cfg.get("cluster", {})
+    target = cfg["extension"]["target_length"]
+    n = size.parameters
+    seconds, gpu = 0.0, 0
+
+    if stage == "pretrain":  # always the scale model, on the CPU
+        sm, pt = scale_model_size(cfg), cfg["pretrain"]
+        length = max(c["length"] for c in pt["curriculum"])
+        rows = pt["steps"] * pt["batch_size"]
+        seconds = rows * train_flops(sm, length, False) / CPU_FLOPS
+        act = train_act_bytes(cfg, sm, pt["batch_size"], length, cpu=True, ckpt=False, attn="sdpa")
+        mem = BASE_MB * 2**20 + ADAM_BYTES * sm.parameters * 1.2 + act
+    elif stage in ("retrieval", "search", "evaluate"):
+        gpu = 1 if real else 0
+        if stage == "retrieval":
+            lengths, batch = retrieval_lengths(cfg), cfg["retrieval"]["batch_tokens"]
+            forwards = [(L, 2 * cfg["retrieval"]["samples"]) for L in lengths]  # single + multi needle
+            data = 0.0  # samples are built one batch at a time
+        elif stage == "search":
+            lengths, batch = [target], cfg["search"]["batch_tokens"]
+            forwards = [(target, search_forwards(cfg))]
+            data = 16.0 * cfg["needles"]["search_samples"] * target  # int64 ids + labels
+        else:
+            lengths = eval_lengths(cfg)
+            batch = cfg.get("evaluation", {}).get("batch_tokens", cfg["search"]["batch_tokens"])
+            forwards = [(L, 2 * cfg["needles"]["eval_samples"]) for L in lengths]  # needle + plain sets
+            data = 16.0 * cfg["needles"]["eval_samples"] * max(lengths)
+        longest = max(lengths)
+        flops = sum(k * forward_flops(size, L) for L, k in forwards)
+        seconds = flops / _flop_rate(gpu) + 4.0 * n / READ_BYTES_S  # weights are stored in fp32
+        if gpu:
+            _check_forward_fits(stage, cfg, size, longest, batch)
+            mem = GPU_BASE_MB * 2**20 + 2.0 * n * HOST_OVERHEAD + data
+        else:
+            act = forward_act_bytes(cfg, size, longest, batch, cpu=True)
+            mem = BASE_MB * 2**20 + 4.0 * n * HOST_OVERHEAD + data + act
+    elif stage == "finetune":
+        ft = cfg["finetune"]
+        ckpt = ft.get("gradient_checkpointing", True)
+        saves = max(0, (ft["steps"] - 1) // ft["checkpoint_every"])
+        io = saves * CKPT_BYTES * n / READ_BYTES_S + 4.0 * n / READ_BYTES_S
+        if real:
+            gpu = finetune_gpus(cfg, size)
+            # every rank runs batch_size x grad_accum rows per step: the time per step does not depend on gpu
+            rows = ft["steps"] * ft["batch_size"] * ft["grad_accum"]
+            mfu = TRAIN_MFU.get(ft.get("attn_implementation", "sdpa"), GPU_MFU)
+            seconds = rows * train_flops(size, target, ckpt) / _flop_rate(1, mfu) + io
+            # host RAM, the largest of: every rank loading the fp32 model before moving it to its GPU; rank 0
+            # gathering fp32 weights + Adam state for a checkpoint and then loading a fresh copy to export;
+            # every rank reading the whole checkpoint when it resumes (a retry)
+            phases = (gpu * 4.0 * n, (CKPT_BYTES + 4.0) * n, gpu * CKPT_BYTES * n)
+            mem = gpu * GPU_BASE_MB * 2**20 + 1.2 * max(phases)
+        else:
+            rows = ft["steps"] * ft["batch_size"] * ft["grad_accum"]
+            seconds = rows * train_flops(size, target, ckpt) / CPU_FLOPS + io
+            act = train_act_bytes(cfg, size, ft["batch_size"], target, cpu=True, ckpt=ckpt,
+                                  attn=ft.get("attn_implementation", "sdpa"))
+            mem = BASE_MB * 2**20 + 1.2 * (ADAM_BYTES + 4.0) * n + act  # + a fresh fp32 copy to export
+    elif stage == "import-model":
+        if real:
+            src = cfg["model"]["source"]
+            seconds = (2.0 * n / DOWNLOAD_BYTES_S if src == "hub" else 0.0) + 8.0 * n / READ_BYTES_S
+            mem = BASE_MB * 2**20 + 4.0 * n * (2.0 if src == "gguf" else HOST_OVERHEAD)  # loaded in fp32 on CPU
+        else:
+            mem = TINY_MB * 2**20
+    elif stage == "needles":
+        tokens = 2 * cfg["needles"]["search_samples"] * target
+        mem = BASE_MB * 2**20 + 3 * 16.0 * tokens  # int64 ids + labels, with copies while building
+    elif stage == "corpus":
+        mem = (BASE_MB + (2000 if cfg["corpus"].get("source", "stdlib") == "stdlib" else 6000)) * 2**20
+        seconds = 20 * 60 if cfg["corpus"].get("source", "stdlib") == "stdlib" else 40 * 60  # a guess
+    elif stage == "export":  # writes config.json and links the base weights: loads no weights
+        mem = BASE_MB * 2**20
+    else:  # critical-dims, baseline, tables
+        mem = TINY_MB * 2**20
+
+    if gpu:
+        threads = cl.get("cpus_per_gpu", 8) * gpu
+    else:
+        threads = CPU_THREADS.get(stage, 1)
+    return {"threads": int(threads), "mem_mb": _mib(mem), "runtime": _minutes(seconds), "gpu": int(gpu)}
+
+
+def all_stage_resources(cfg: Mapping, imported_config: Path | str | None) -> dict[str, dict]:
+    """:func:`stage_resources` of every stage, the model sized once; keyed by CLI stage name and also by
+    rule name (``evaluate_finetuned``, ``baseline``, ...), so a rule can look itself up either way."""
+    size = model_size(cfg, imported_config)
+    out = {stage: stage_resources(stage, cfg, size) for stage in STAGES}
+    return out | {alias: out[stage] for alias, stage in ALIASES.items()}
