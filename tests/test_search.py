@@ -1,8 +1,5 @@
-"""Factor search: constraints of the LongRoPE2 / LongRoPE spaces, resume from the per-generation log,
-racing, and the stage end to end on the micro model."""
-
-import json
-import math
+"""Factor search: constraints of the LongRoPE2 / LongRoPE spaces, resume from the per-generation log and
+racing (the stage itself runs in the micro DAG, tests/test_workflow.py)."""
 
 import numpy as np
 import pytest
@@ -96,37 +93,3 @@ def test_racing_spends_fewer_sample_forwards(tmp_path):
     assert raced.fitness.sample_forwards < 0.65 * plain.fitness.sample_forwards
     # selection only ever keeps fully evaluated candidates
     assert all(raced.cache[c]["full"] for c in raced.population[: CFG.parents])
-
-
-def test_search_stage_on_micro_model(tmp_path):
-    from conftest import REPO, run_cli
-    from transformers import AutoTokenizer
-
-    micro = REPO / "tests/micro.yaml"
-    small = tmp_path / "small.yaml"
-    small.write_text("search: {population: 4, generations: 1, parents: 2, mutants: 2, crossovers: 1, initial: 6}\n"
-                     "needles: {search_samples: 2, eval_samples: 2}\n")
-    cfg = [REPO / "config/config.yaml", micro, small]
-    run_cli("corpus", "--config", *cfg, "--out", tmp_path / "corpus")
-    run_cli("pretrain", "--config", *cfg, "--corpus", tmp_path / "corpus", "--out", tmp_path / "base",
-            "--checkpoint-dir", tmp_path / "ck")
-    model = tmp_path / "base" / "model"
-    run_cli("needles", "--config", *cfg, "--corpus", tmp_path / "corpus", "--tokenizer", model, "--out", tmp_path / "needles")
-    tok = AutoTokenizer.from_pretrained(model)
-    with np.load(tmp_path / "needles" / "search_needle.npz") as z:
-        ids, labels = z["input_ids"], z["labels"]
-    assert ids.shape == (2, 1024) and (ids[:, 0] == tok.bos_token_id).all()
-    assert ((labels != -100).sum(1) == 8).all() and (labels[:, -8:] != -100).all()  # answer last, never cut
-    for method in ("longrope2", "longrope"):
-        out = tmp_path / "search" / method
-        run_cli("search", "--config", *cfg, "--model", model, "--needles", tmp_path / "needles", "--method", method,
-                "--out", out, "--checkpoint-dir", tmp_path / "ck" / method)
-        f = json.loads((out / "factors.json").read_text())
-        assert f["method"] == method and len(f["long_factor"]) == 8 and f["short_factor"] == [1.0] * 8
-        assert f["hf_rope_parameters"]["rope_type"] == "longrope"
-        assert f["attention_factor"] == pytest.approx(math.sqrt(1 + math.log(4) / math.log(256)))
-        if method == "longrope2":
-            assert 2 <= f["d_rcd"] <= 4 and f["fitness"]["objective"] == "search_needle"
-        else:
-            assert f["d_rcd"] == 0 and f["fitness"]["objective"] == "search_plain" and max(f["long_factor"]) <= 5.0
-        assert (out / "trace.csv").read_text().startswith("generation,best_nll")

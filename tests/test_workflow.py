@@ -94,6 +94,31 @@ def test_micro_dag_runs_end_to_end(micro_run):
     assert "Nothing to be done" in again.stdout + again.stderr
 
 
+def test_search_stage_outputs(micro_run):
+    """Needle search sets (answer last, never cut) and both searches' factors on the micro model."""
+    import math
+
+    import numpy as np
+    from transformers import AutoTokenizer
+
+    res = micro_run / "results/micro"
+    tok = AutoTokenizer.from_pretrained(res / "corpus/tokenizer")
+    with np.load(res / "needles/search_needle.npz") as z:
+        ids, labels = z["input_ids"], z["labels"]
+    assert ids.shape == (2, 1024) and (ids[:, 0] == tok.bos_token_id).all()
+    assert ((labels != -100).sum(1) == 8).all() and (labels[:, -8:] != -100).all()
+    for method in ("longrope2", "longrope"):
+        f = json.loads((res / "search" / method / "factors.json").read_text())
+        assert f["method"] == method and len(f["long_factor"]) == 8 and f["short_factor"] == [1.0] * 8
+        assert f["hf_rope_parameters"]["rope_type"] == "longrope"
+        assert f["attention_factor"] == pytest.approx(math.sqrt(1 + math.log(4) / math.log(256)))
+        if method == "longrope2":
+            assert 2 <= f["d_rcd"] <= 4 and f["fitness"]["objective"] == "search_needle"
+        else:
+            assert f["d_rcd"] == 0 and f["fitness"]["objective"] == "search_plain" and max(f["long_factor"]) <= 5.0
+        assert (res / "search" / method / "trace.csv").read_text().startswith("generation,best_nll")
+
+
 def test_every_file_a_job_writes_is_declared(micro_run):
     """Files under results/ are declared outputs, Snakemake's markers, or resumable state in .checkpoints."""
     summary = snakemake("--configfile", MICRO, "--summary", cwd=micro_run)
