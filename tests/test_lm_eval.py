@@ -1,0 +1,403 @@
+"""lm-eval plumbing: NVIDIA's RULER metrics, local task configs through simple_evaluate, LongContextLM decoding."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from lm_eval.api.instance import Instance
+from transformers import AutoModelForCausalLM, LlamaConfig, PreTrainedTokenizerFast
+
+from longrope2 import models, rope
+from longrope2.errors import LongRoPE2Error
+from longrope2.evaluation import harness
+from longrope2.evaluation.lm import LongContextLM
+from longrope2.generation import switch_length
+
+L0, TARGET, VOCAB = 32, 128, 97
+
+
+# --------------------------------------------------------------------------------------------------
+# Metrics: NVIDIA/RULER scripts/eval (constants.py, evaluate.py), transcribed as the reference
+# --------------------------------------------------------------------------------------------------
+
+
+def nvidia_postprocess(predict_str):
+    import re
+
+    predict_str = predict_str.strip()
+    np_pattern = re.compile(r'[\x00-\x1f]')
+    return np_pattern.sub('\n', predict_str).strip()
+
+
+def nvidia_all(preds, refs):
+    return round(sum([sum([1.0 if r.lower() in pred.lower() else 0.0 for r in ref]) / len(ref)
+                      for pred, ref in zip(preds, refs)]) / len(preds) * 100, 2)
+
+
+def nvidia_part(preds, refs):
+    return round(sum([max([1.0 if r.lower() in pred.lower() else 0.0 for r in ref])
+                      for pred, ref in zip(preds, refs)]) / len(preds) * 100, 2)
+
+
+CASES = [  # (prediction, references)
+    (" 1234567.", ["1234567"]),
+    ("The number is 7654321", ["1234567"]),
+    ("VAR_A, var_b and so on", ["var_a", "VAR_B", "VAR_C", "VAR_D", "VAR_E"]),  # 2 of 5, any case
+    ("Paris, France", ["paris", "Lyon"]),
+    ("", ["x"]),
+    ("\x00\x07 answer\tline \x1f", ["answer\nline"]),  # control characters become newlines, then strip
+    ("apple banana", ["APPLE", "banana", "cherry"]),
+]
+
+
+def test_metrics_match_nvidia_definitions():
+    for pred, refs in CASES:
+        assert harness.postprocess_pred(pred) == nvidia_postprocess(pred)
+        p = nvidia_postprocess(pred)
+        assert round(harness.string_match_all(pred, refs) * 100, 2) == nvidia_all([p], [refs])  # NVIDIA rounds
+        assert round(harness.string_match_part(pred, refs) * 100, 2) == nvidia_part([p], [refs])
+    preds, refs = [nvidia_postprocess(p) for p, _ in CASES], [r for _, r in CASES]
+    mean_all = np.mean([harness.string_match_all(p, r) for p, r in CASES]) * 100
+    assert round(mean_all, 2) == nvidia_all(preds, refs)
+    assert round(np.mean([harness.string_match_part(p, r) for p, r in CASES]) * 100, 2) == nvidia_part(preds, refs)
+
+
+def test_metric_values():
+    vt = ["VAR_A", "VAR_B", "VAR_C", "VAR_D", "VAR_E"]
+    assert harness.string_match_all("var_a var_b", vt) == pytest.approx(0.4)
+    assert harness.string_match_part("var_a var_b", vt) == 1.0  # lm-eval's partial-credit variant gives 0.4
+    assert harness.string_match_all("VAR_A VAR_B VAR_C VAR_D VAR_E", vt) == 1.0
+    assert harness.string_match_part("nothing", vt) == harness.string_match_all("nothing", vt) == 0.0
+    assert harness.string_match_all("ABC", "abc") == 1.0  # one reference as a string
+    assert harness.string_match_all(" \x00\n", [""]) == 1.0  # NVIDIA's: an empty reference is always found
+    with pytest.raises(LongRoPE2Error, match="outputs is empty"):
+        harness.string_match_all("x", [])
+    assert harness.process_results({"metric": "part", "outputs": ["a", "zz"]}, ["A"]) == {"score": 1.0}
+    assert harness.process_results({"metric": "all", "outputs": ["a", "zz"]}, ["A"]) == {"score": 0.5}
+    with pytest.raises(LongRoPE2Error, match="metric must be one of"):
+        harness.process_results({"metric": "f1", "outputs": ["a"]}, ["a"])
+
+
+# --------------------------------------------------------------------------------------------------
+# Local RULER tasks through the full lm_eval.simple_evaluate path
+# --------------------------------------------------------------------------------------------------
+
+HAYSTACK = "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again. "
+
+
+def sample(index, task, length, input, gen_prefix, outputs, metric, max_new=64, depth=None):
+    return {"index": index, "task": task, "length": length, "input": input, "gen_prefix": gen_prefix,
+            "outputs": outputs, "max_new_tokens": max_new, "metric": metric,
+            "prompt_tokens": 1 + len((input + gen_prefix).encode()),  # BOS + one token per byte (char_tokenizer)
+            "depth": depth}
+
+
+def ruler_samples():
+    niah = [sample(i, "niah_single_1", 4096,
+                   HAYSTACK * (1 + i) + f"One of the special magic numbers for {key} is: {num}. " + HAYSTACK
+                   + f"\nWhat is the special magic number for {key} mentioned in the provided text?",
+                   f" The special magic number for {key} mentioned in the provided text is", [num], "all", depth=d)
+            for i, (key, num, d) in enumerate([("apple", "1234567", 0.25), ("pear", "7654321", 0.5), ("fig", "5550123", 0.9)])]
+    qa = [sample(0, "qa_1", 4096, "Document 1: The Eiffel tower is in Paris, France.\nQuestion: Where is the Eiffel tower?",
+                 " Answer:", ["Paris", "Paris, France"], "part"),
+          sample(1, "qa_1", 4096, "Document 1: Water boils at 100 degrees Celsius at sea level.\nQuestion: At what "
+                 "temperature does water boil?", " Answer:", ["100 degrees Celsius", "100 °C"], "part")]
+    vt = [sample(0, "vt", 4096, "VAR QPE = 16490 " + HAYSTACK + "VAR SGF = VAR QPE " + HAYSTACK + "VAR ZIK = VAR SGF "
+                 "VAR HFN = VAR ZIK VAR LKA = VAR HFN\nQuestion: Find all variables that are assigned the value 16490.",
+                 " Answer: According to the chain(s) of variable assignment in the text above, 5 variables are "
+                 "assigned the value 16490, they are:", ["QPE", "SGF", "ZIK", "HFN", "LKA"], "all", max_new=48)]
+    return {"niah_single_1": niah, "qa_1": qa, "vt": vt}
+
+
+def write_jsonl(path, docs):
+    path.write_text("".join(json.dumps(d) + "\n" for d in docs))
+    return path
+
+
+def char_tokenizer():
+    """Byte-level tokens, one per byte, no merges: any text round-trips exactly."""
+    from tokenizers import Tokenizer, decoders, models as tok_models, pre_tokenizers
+
+    specials = ["<pad>", "<s>", "</s>", "<unk>"]
+    vocab = {t: i for i, t in enumerate(specials + sorted(pre_tokenizers.ByteLevel.alphabet()))}
+    tk = Tokenizer(tok_models.BPE(vocab=vocab, merges=[], unk_token="<unk>"))
+    tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    tk.decoder = decoders.ByteLevel()
+    return PreTrainedTokenizerFast(tokenizer_object=tk, bos_token="<s>", eos_token="</s>", pad_token="<pad>",
+                                   unk_token="<unk>", clean_up_tokenization_spaces=False)
+
+
+def tiny_llama(vocab, **kw):
+    cfg = LlamaConfig(vocab_size=vocab, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2,
+                      num_key_value_heads=1, head_dim=32, bos_token_id=1, eos_token_id=2, pad_token_id=0,
+                      initializer_range=0.1, rope_parameters={"rope_type": "default", "rope_theta": 10000.0}, **kw)
+    torch.manual_seed(0)
+    return AutoModelForCausalLM.from_config(cfg).eval()
+
+
+class ScriptedLM(LongContextLM):
+    """LongContextLM whose decoding step answers from a table keyed by the exact prompt text.
+
+    Everything else (tokenization, length checks, batching, eos and stop handling, lm-eval's request and
+    scoring path) is LongContextLM's own; a prompt lm-eval built differently from input + gen_prefix is a
+    KeyError."""
+
+    def __init__(self, model, tok, answers, **kw):
+        super().__init__(model, tok, **kw)
+        self.answers = answers
+
+    def _generate(self, prompts, max_new_tokens, untils):
+        assert all(p[0] == self.tokenizer.bos_token_id for p in prompts)
+        rows = [self.tokenizer.encode(self.answers[self.tokenizer.decode(p[1:])], add_special_tokens=False) for p in prompts]
+        return [(r + [self.eot_token_id] + r)[:max_new_tokens] for r in rows]  # text after eos must be dropped
+
+
+@pytest.fixture(scope="module")
+def ruler_tasks(tmp_path_factory):
+    root = tmp_path_factory.mktemp("ruler")
+    configs, docs = [], {}
+    for task, ss in ruler_samples().items():
+        path = write_jsonl(root / f"{task}-4096.jsonl", ss)
+        configs.append(harness.task_config(task, 4096, path, cache_dir=root / "datasets"))
+        docs[configs[-1]["task"]] = ss
+    return configs, docs
+
+
+def test_task_config(ruler_tasks):
+    configs, _ = ruler_tasks
+    assert [c["task"] for c in configs] == ["ruler_niah_single_1_4096", "ruler_qa_1_4096", "ruler_vt_4096"]
+    niah, _, vt = configs
+    assert niah["dataset_path"] == "json" and niah["dataset_kwargs"]["data_files"]["test"].endswith("niah_single_1-4096.jsonl")
+    assert niah["generation_kwargs"] == {"do_sample": False, "temperature": 0.0, "max_gen_toks": 64, "until": []}
+    assert vt["generation_kwargs"]["max_gen_toks"] == 48
+    assert niah["process_results"] is harness.process_results and niah["output_type"] == "generate_until"
+
+
+def test_oracle_scores_one_and_silence_zero(ruler_tasks):
+    configs, docs = ruler_tasks
+    tok = char_tokenizer()
+    model = tiny_llama(len(tok), max_position_embeddings=4096)
+    answers = {d["input"] + d["gen_prefix"]: " " + ", ".join(d["outputs"]) + "." for ds in docs.values() for d in ds}
+    oracle = harness.run(ScriptedLM(model, tok, answers, max_length=4096, batch_size=2), configs)
+    assert set(oracle["tasks"]) == set(docs)
+    for name, ds in docs.items():
+        assert oracle["tasks"][name]["score"] == 1.0 and oracle["tasks"][name]["n"] == len(ds)
+        recs = oracle["samples"][name]
+        assert [r["index"] for r in recs] == [d["index"] for d in ds]
+        for rec, doc in zip(recs, ds):
+            assert rec["prediction"] == answers[doc["input"] + doc["gen_prefix"]]  # cut at eos
+            assert rec["references"] == doc["outputs"] and rec["score"] == 1.0 and rec["metric"] == doc["metric"]
+            assert "input" not in rec
+    silent = harness.run(ScriptedLM(model, tok, dict.fromkeys(answers, ""), max_length=4096), configs, log_samples=False)
+    assert {n: t["score"] for n, t in silent["tasks"].items()} == dict.fromkeys(docs, 0.0)
+    assert silent["samples"] == {}
+
+
+def test_partial_answers_score_like_nvidia(ruler_tasks):
+    """vt: 2 of 5 variables -> 0.4 (all); qa: the second of two references -> 1.0 (part, not 0.5)."""
+    configs, docs = ruler_tasks
+    tok = char_tokenizer()
+    answers = {}
+    for name, ds in docs.items():
+        for d in ds:
+            answers[d["input"] + d["gen_prefix"]] = {"ruler_vt_4096": " QPE and ZIK", "ruler_qa_1_4096": " 100 °C",
+                                                     "ruler_niah_single_1_4096": " 1234567"}[name]
+    res = harness.run(ScriptedLM(tiny_llama(len(tok)), tok, answers, max_length=4096), configs)
+    assert res["tasks"]["ruler_vt_4096"]["score"] == pytest.approx(0.4)
+    assert [r["score"] for r in res["samples"]["ruler_qa_1_4096"]] == [0.0, 1.0]
+    assert [r["score"] for r in res["samples"]["ruler_niah_single_1_4096"]] == [1.0, 0.0, 0.0]
+
+
+def test_bad_ruler_data_is_reported(tmp_path):
+    good = ruler_samples()["qa_1"]
+    with pytest.raises(LongRoPE2Error, match="does not exist"):
+        harness.task_config("qa_1", 4096, tmp_path / "none.jsonl")
+    with pytest.raises(LongRoPE2Error, match="lacks outputs"):
+        harness.task_config("qa_1", 4096, write_jsonl(tmp_path / "a.jsonl", [{k: v for k, v in good[0].items() if k != "outputs"}]))
+    with pytest.raises(LongRoPE2Error, match="is qa_1/4096, expected qa_1/8192"):
+        harness.task_config("qa_1", 8192, write_jsonl(tmp_path / "b.jsonl", good))
+    with pytest.raises(LongRoPE2Error, match="mixes max_new_tokens"):
+        harness.task_config("qa_1", 4096, write_jsonl(tmp_path / "c.jsonl", [good[0], good[1] | {"max_new_tokens": 9}]))
+
+
+# --------------------------------------------------------------------------------------------------
+# LongContextLM on a tiny LongRoPE2 Llama export: equal to full recomputation across L0
+# --------------------------------------------------------------------------------------------------
+
+
+def word_tokenizer():
+    from tokenizers import Tokenizer, models as tok_models, pre_tokenizers
+
+    words = ["<pad>", "<s>", "</s>", "<unk>"] + [f"w{i}" for i in range(VOCAB - 4)]
+    tk = Tokenizer(tok_models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
+    tk.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    return PreTrainedTokenizerFast(tokenizer_object=tk, bos_token="<s>", eos_token="</s>", pad_token="<pad>",
+                                   unk_token="<unk>")
+
+
+@pytest.fixture(scope="module")
+def longrope_llama(tmp_path_factory):
+    """A stock HF checkpoint with longrope2 factors (short 1, long != 1), L0 = 32, target 128."""
+    model = tiny_llama(VOCAB, max_position_embeddings=L0)
+    geom = rope.RopeGeometry.from_hf_config(model.config, original_length=L0)
+    d_rcd = max(1, rope.critical_dim(geom) - 1)
+    s = TARGET / L0
+    scaling = rope.longrope2(geom, TARGET, d_rcd, np.linspace(s, 1.7 * s, geom.n_pairs - d_rcd))
+    folder = tmp_path_factory.mktemp("longrope2") / "model"
+    tok = word_tokenizer()
+    models.save_model(folder, model, tok, scaling)
+    stock = AutoModelForCausalLM.from_pretrained(folder).eval()
+    assert switch_length(stock) == L0
+    return stock, tok
+
+
+def prompts(lengths, seed=3):
+    """Token ids as LongContextLM encodes them: BOS (1), then n - 1 random words."""
+    g = torch.Generator().manual_seed(seed)
+    return [[1] + torch.randint(4, VOCAB, (n - 1,), generator=g).tolist() for n in lengths]
+
+
+def as_text(ids):
+    return " ".join(f"w{i - 4}" for i in ids if i >= 4)
+
+
+def request(context, max_gen_toks, until=(), task="ruler_niah_single_1_4096", doc_id=0):
+    return Instance(request_type="generate_until", doc={}, arguments=(context, {"until": list(until), "max_gen_toks": max_gen_toks}),
+                    idx=0, metadata=(task, doc_id, 1))
+
+
+def reference(model, tok, ids, new_tokens):
+    """No cache: a full forward over the whole sequence at every step, argmax; text cut at eos."""
+    ids = torch.tensor([ids])
+    with torch.no_grad():
+        for _ in range(new_tokens):
+            ids = torch.cat([ids, model(ids).logits[:, -1].argmax(-1, keepdim=True)], dim=1)
+    new = ids[0, -new_tokens:].tolist()
+    new = new[:new.index(2)] if 2 in new else new
+    return tok.decode(new, skip_special_tokens=True), len(new)
+
+
+def spy(lm):
+    calls = []
+    inner = lm._generate
+
+    def wrapped(batch, max_new, untils):
+        calls.append([len(p) for p in batch])
+        return inner(batch, max_new, untils)
+
+    lm._generate = wrapped
+    return calls
+
+
+def test_equal_length_batch_equals_full_recompute_across_L0(longrope_llama):
+    model, tok = longrope_llama
+    lm = LongContextLM(model, tok, max_length=TARGET, batch_size=4)
+    calls = spy(lm)
+    ps = prompts([28, 28, 28])  # 28 + 12 new: crosses L0 = 32 at the 5th new token
+    out = lm.generate_until([request(as_text(p), 12) for p in ps], disable_tqdm=True)
+    assert calls == [[28, 28, 28]]  # one batch
+    refs = [reference(model, tok, p, 12) for p in ps]
+    assert max(n for _, n in refs) > L0 - 28 + 1  # some row decoded past L0 (6th new token on) before any eos
+    assert out == [text for text, _ in refs]
+
+
+def test_mixed_lengths_come_back_in_request_order(longrope_llama):
+    model, tok = longrope_llama
+    lm = LongContextLM(model, tok, max_length=TARGET, batch_size=2)
+    calls = spy(lm)
+    lengths = [20, 28, 40, 25, 28, 20, 20]  # 40: already past L0 at the first forward
+    ps = prompts(lengths, seed=5)
+    out = lm.generate_until([request(as_text(p), 16, doc_id=i) for i, p in enumerate(ps)], disable_tqdm=True)
+    assert calls == [[40], [28, 28], [25], [20, 20], [20]]  # longest first, equal lengths batched
+    assert out == [reference(model, tok, p, 16)[0] for p in ps]
+    assert len(set(out)) > 1
+
+
+def test_stop_strings_and_max_gen_toks(longrope_llama):
+    model, tok = longrope_llama
+    lm = LongContextLM(model, tok, max_length=TARGET)
+    ids = prompts([26], seed=7)[0]
+    p = as_text(ids)
+    full = lm.generate_until([request(p, 14)], disable_tqdm=True)[0]
+    assert full == reference(model, tok, ids, 14)[0]
+    words = full.split()
+    assert len(words) >= 4, full
+    term = " " + words[3]  # a stop string at (or, as a substring, before) the 4th word
+    cut = lm.generate_until([request(p, 14, until=[term]), request(p, 3)], disable_tqdm=True)
+    assert cut[0] == full.split(term)[0] and cut[0]
+    assert cut[1] == reference(model, tok, ids, 3)[0]  # max_gen_toks counts tokens (some decode to nothing)
+
+
+def test_prompt_that_does_not_fit_is_refused_before_any_decoding(longrope_llama):
+    model, tok = longrope_llama
+    lm = LongContextLM(model, tok, max_length=40)
+    calls = spy(lm)
+    ps = prompts([20, 30])
+    reqs = [request(as_text(ps[0]), 12, doc_id=3), request(as_text(ps[1]), 12, task="ruler_vt_8192", doc_id=7)]
+    with pytest.raises(LongRoPE2Error) as e:
+        lm.generate_until(reqs, disable_tqdm=True)
+    msg = str(e.value)
+    assert "\n" not in msg and calls == []
+    assert msg == ("ruler_vt_8192, doc 7: prompt 30 + max_gen_toks 12 = 42 tokens exceeds max_length 40 "
+                   "(LongContextLM never truncates)")
+    with pytest.raises(LongRoPE2Error, match="decodes greedily"):
+        lm.generate_until([Instance("generate_until", {}, ("w1", {"do_sample": True, "temperature": 0.7}), 0)])
+    with pytest.raises(LongRoPE2Error, match="max_length: must be a positive integer"):
+        LongContextLM(model, tok, max_length=None)
+
+
+def test_prompts_are_tokenized_as_the_ruler_generator_counts_them(longrope_llama):
+    from longrope2.evaluation.ruler import prompt_ids
+
+    model, tok = longrope_llama
+    for t, text in ((tok, "w1 w2 w3"), (char_tokenizer(), "Where is it?\n Answer:")):
+        assert LongContextLM(model, t, max_length=TARGET).tok_encode(text) == prompt_ids(t, text)
+    req = Instance("generate_until", {"prompt_tokens": 5}, ("w1 w2", {"until": [], "max_gen_toks": 2}), 0,
+                   metadata=("ruler_vt_4096", 4, 1))
+    with pytest.raises(LongRoPE2Error, match=r"ruler_vt_4096, doc 4: the data counts 5 prompt tokens, this tokenizer gives 3"):
+        LongContextLM(model, tok, max_length=TARGET).generate_until([req])
+
+
+# --------------------------------------------------------------------------------------------------
+# Teacher-forced scoring
+# --------------------------------------------------------------------------------------------------
+
+
+def full_logprobs(model, ids):
+    with torch.no_grad():
+        return model(torch.tensor([ids])).logits[0].float().log_softmax(-1)
+
+
+def test_loglikelihood_equals_full_forward(longrope_llama):
+    model, tok = longrope_llama
+    lm = LongContextLM(model, tok, max_length=TARGET, batch_size=8)
+    ctx = prompts([36], seed=11)[0]  # past L0: long factors
+    choices = [" w1", " w2", " w3 w4 w5", " w90"]
+    reqs = [Instance("loglikelihood", {}, (as_text(ctx), c), i) for i, c in enumerate(choices)]
+    got = lm.loglikelihood(reqs, disable_tqdm=True)
+    for (ll, greedy), c in zip(got, choices):
+        cont = tok.encode(c.strip(), add_special_tokens=False)
+        lp = full_logprobs(model, ctx + cont)
+        rows = lp[len(ctx) - 1:len(ctx) - 1 + len(cont)]
+        assert ll == pytest.approx(float(rows.gather(-1, torch.tensor(cont)[:, None]).sum()), abs=1e-4)
+        assert greedy == bool((rows.argmax(-1) == torch.tensor(cont)).all())
+    greedy_word = int(full_logprobs(model, ctx)[-1, 4:].argmax()) + 4  # best ordinary word
+    if greedy_word == int(full_logprobs(model, ctx)[-1].argmax()):
+        (_, is_greedy), = lm.loglikelihood([Instance("loglikelihood", {}, (as_text(ctx), " " + as_text([greedy_word])), 0)])
+        assert is_greedy
+    with pytest.raises(LongRoPE2Error, match="exceeds max_length 30"):
+        LongContextLM(model, tok, max_length=30).loglikelihood(reqs[:1])
+
+
+def test_loglikelihood_rolling_and_sliced_head(longrope_llama):
+    model, tok = longrope_llama
+    ids = prompts([60], seed=13)[0]  # BOS + 59 words: the prefix token conditions the first word
+    lp = full_logprobs(model, ids[:-1])
+    want = float(lp.gather(-1, torch.tensor(ids[1:])[:, None]).sum())
+    req = [Instance("loglikelihood_rolling", {}, (as_text(ids),), 0)]
+    whole = LongContextLM(model, tok, max_length=TARGET).loglikelihood_rolling(req, disable_tqdm=True)
+    sliced = LongContextLM(model, tok, max_length=TARGET, logits_budget=7 * VOCAB).loglikelihood_rolling(req, disable_tqdm=True)
+    assert whole[0] == pytest.approx(want, abs=1e-3) and sliced[0] == pytest.approx(want, abs=1e-3)
+    windows = LongContextLM(model, tok, max_length=25).loglikelihood_rolling(req, disable_tqdm=True)
+    assert windows[0] < 0 and windows[0] != pytest.approx(want, abs=1e-3)  # less context per token
