@@ -65,3 +65,15 @@ def tiny_llama(tiny_corpus):
                       rope_parameters={"rope_type": "default", "rope_theta": 10000.0})
     torch.manual_seed(0)
     return LlamaForCausalLM(cfg).eval(), tok
+
+
+def word_tokenizer(vocab: int):
+    """A word-level tokenizer over "w0 w1 ..." with <pad>/<s>/</s>/<unk>: tiny models need no trained BPE."""
+    from tokenizers import Tokenizer, models as tok_models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    words = ["<pad>", "<s>", "</s>", "<unk>"] + [f"w{i}" for i in range(vocab - 4)]
+    tk = Tokenizer(tok_models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
+    tk.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    return PreTrainedTokenizerFast(tokenizer_object=tk, bos_token="<s>", eos_token="</s>", pad_token="<pad>",
+                                   unk_token="<unk>")

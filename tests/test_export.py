@@ -15,22 +15,11 @@ from longrope2.errors import ConfigError
 from longrope2.generation import greedy_generate, switch_length
 from longrope2.stages import STAGES, export
 
-from conftest import REPO
+from conftest import REPO, word_tokenizer
 
 L0, TARGET, VOCAB = 32, 128, 97
 METHODS = ("none", "pi", "ntk", "yarn", "longrope2")
 KINDS = ("llama", "phi3")
-
-
-def tokenizer():
-    from tokenizers import Tokenizer, models as tok_models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    words = ["<pad>", "<s>", "</s>", "<unk>"] + [f"w{i}" for i in range(VOCAB - 4)]
-    tk = Tokenizer(tok_models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
-    tk.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    return PreTrainedTokenizerFast(tokenizer_object=tk, bos_token="<s>", eos_token="</s>", pad_token="<pad>",
-                                   unk_token="<unk>")
 
 
 def tiny_config(kind):
@@ -72,7 +61,7 @@ def experiment_config(kind, tmp):
 def work(tmp_path_factory):
     """Base model folders, configs and factors files for both kinds and all methods."""
     root = tmp_path_factory.mktemp("export")
-    tok = tokenizer()
+    tok = word_tokenizer(VOCAB)
     out = {}
     for kind in KINDS:
         torch.manual_seed(0)

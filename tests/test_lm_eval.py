@@ -14,6 +14,8 @@ from longrope2.evaluation import harness
 from longrope2.evaluation.lm import LongContextLM
 from longrope2.generation import switch_length
 
+from conftest import word_tokenizer
+
 L0, TARGET, VOCAB = 32, 128, 97
 
 
@@ -226,16 +228,6 @@ def test_bad_ruler_data_is_reported(tmp_path):
 # --------------------------------------------------------------------------------------------------
 
 
-def word_tokenizer():
-    from tokenizers import Tokenizer, models as tok_models, pre_tokenizers
-
-    words = ["<pad>", "<s>", "</s>", "<unk>"] + [f"w{i}" for i in range(VOCAB - 4)]
-    tk = Tokenizer(tok_models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
-    tk.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    return PreTrainedTokenizerFast(tokenizer_object=tk, bos_token="<s>", eos_token="</s>", pad_token="<pad>",
-                                   unk_token="<unk>")
-
-
 @pytest.fixture(scope="module")
 def longrope_llama(tmp_path_factory):
     """A stock HF checkpoint with longrope2 factors (short 1, long != 1), L0 = 32, target 128."""
@@ -245,7 +237,7 @@ def longrope_llama(tmp_path_factory):
     s = TARGET / L0
     scaling = rope.longrope2(geom, TARGET, d_rcd, np.linspace(s, 1.7 * s, geom.n_pairs - d_rcd))
     folder = tmp_path_factory.mktemp("longrope2") / "model"
-    tok = word_tokenizer()
+    tok = word_tokenizer(VOCAB)
     models.save_model(folder, model, tok, scaling)
     stock = AutoModelForCausalLM.from_pretrained(folder).eval()
     assert switch_length(stock) == L0
