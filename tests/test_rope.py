@@ -185,7 +185,7 @@ def test_rejects_models_without_rope_and_bad_targets():
     with pytest.raises(ConfigError, match="extension.target_length"):
         rope.pi(geom, 4096)
     with pytest.raises(ConfigError, match="method"):
-        rope.get_method("rope-magic")
+        rope.build("rope-magic", geom, 4096)
 
 
 def test_hf_parameters_round_trip():

@@ -87,8 +87,3 @@ def base_method(run: str) -> str:
     """The method whose factors a fine-tuning run trains with (the no-mixed ablation uses LongRoPE2's)."""
     return run.removesuffix(NO_MIXED_SUFFIX)
 
-
-def label(name: str) -> str:
-    if name.endswith(NO_MIXED_SUFFIX):
-        return f"{REGISTRY[base_method(name)].label}, no mixed training"
-    return REGISTRY[name].label if name in REGISTRY else name

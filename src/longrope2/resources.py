@@ -58,8 +58,6 @@ ALIASES = {"critical_dims": "critical-dims", "import_model": "import-model", "ev
 #: threads of CPU jobs (the scale model's stages measured fastest with these on 2 cores)
 CPU_THREADS = {"corpus": 2, "import-model": 2, "pretrain": 1, "retrieval": 2, "search": 2, "finetune": 1,
                "evaluate": 1}
-#: stages that run a model forward/backward: on a GPU for real models
-MODEL_STAGES = ("retrieval", "search", "finetune", "evaluate")
 
 
 @dataclass(frozen=True)

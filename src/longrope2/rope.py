@@ -435,12 +435,6 @@ METHODS: dict[str, Callable[..., RopeScaling]] = {
 }
 
 
-def get_method(name: str) -> Callable[..., RopeScaling]:
-    if name not in METHODS:
-        raise ConfigError("method", f"unknown method {name!r}; allowed: {', '.join(METHODS)}")
-    return METHODS[name]
-
-
 def parameters(fn: Callable[..., RopeScaling]) -> list[str]:
     """The parameters a method function names after ``target_length`` (the only keys ``build`` accepts)."""
     return list(inspect.signature(fn).parameters)[2:]
