@@ -37,6 +37,16 @@ SEARCHED = config["search"]["methods"]
 TRAINING_FREE = lr2methods.training_free(config)
 BASELINES = [m for m in TRAINING_FREE if m not in SEARCHED]
 FINETUNED = lr2methods.finetuned(config)
+EVAL_LENGTHS = lr2config.evaluation_lengths(config)
+SUITES = config["evaluation"]["suites"]
+# (task, length) data folders the RULER stage scores: RULER's tasks, the heat map's grid, passkey
+EVAL_TASKS = (
+    (config["evaluation"]["ruler"]["tasks"] if "ruler" in SUITES else [])
+    + (["niah_depth"] if "niah" in SUITES else [])
+    + (["passkey"] if "passkey" in SUITES else [])
+)
+# lm-eval's own suites, run on real models: LongBench and MMLU
+MODEL_SUITES = [s for s in SUITES if s in ("longbench", "mmlu")]
 # per-stage threads / mem_mb / runtime (minutes, attempt 1) / gpu, from the model's size and the lengths
 RES = lr2resources.all_stage_resources(
     config,
@@ -53,6 +63,9 @@ wildcard_constraints:
     searched="|".join(SEARCHED),
     baseline="|".join(BASELINES),
     ft="|".join(FINETUNED),
+    task="|".join(EVAL_TASKS) or "-",
+    length=r"\d+",
+    suite="longbench|mmlu",
 
 
 def stage_config(stage):
@@ -136,6 +149,29 @@ def before_metrics(ft):
     )
 
 
+RULER_DATA = RESULTS / "ruler_data"
+RULER_TABLES = RESULTS / "tables" / "ruler"
+
+
+def ruler_data_dirs():
+    """The ruler-data folders of every (task, length) the experiment evaluates."""
+    return [RULER_DATA / str(L) / t for L in EVAL_LENGTHS for t in EVAL_TASKS]
+
+
+def ruler_data_files():
+    return [
+        d / name for d in ruler_data_dirs() for name in ("samples.jsonl", "task.json")
+    ]
+
+
+def suite_window(wildcards):
+    """LongBench prompts are cut to the model's window: L0 for the original RoPE, the target otherwise."""
+    method = getattr(wildcards, "method", None)
+    if method == "none":
+        return config["model"]["geometry"]["original_length"]
+    return config["extension"]["target_length"]
+
+
 def all_targets():
     return [
         RESULTS / "critical_dims" / "critical_dims.json",
@@ -147,4 +183,5 @@ def all_targets():
             RESULTS / "models" / "training_free" / m / "rope.json"
             for m in TRAINING_FREE
         ],
+        RULER_TABLES / "ruler.csv",
     ]

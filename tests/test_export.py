@@ -2,6 +2,7 @@
 
 import argparse
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -11,6 +12,7 @@ from transformers import AutoModelForCausalLM, LlamaConfig, Phi3Config
 
 from longrope2 import config as cfgmod
 from longrope2 import models, rope
+from longrope2.artifacts import sha256_path
 from longrope2.errors import ConfigError
 from longrope2.generation import greedy_generate, switch_length
 from longrope2.stages import STAGES, export
@@ -163,9 +165,51 @@ def test_export_links_the_base_weights(work):
     weights = out / "model.safetensors"
     assert weights.is_symlink() and weights.resolve() == (w["llama"]["base"] / "model.safetensors").resolve()
     assert not weights.readlink().is_absolute()  # relative: the results tree can move as a whole
-    own = sum(f.lstat().st_size for f in out.iterdir() if not f.name.startswith("tokenizer"))
+    own = sum(f.lstat().st_size for f in out.iterdir() if not f.name.startswith("tokenizer") and f.name != "README.md")
     assert own < 1_000_000 and own < 0.01 * weights.stat().st_size
     assert not (out / "config.json").is_symlink()
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_readme_only_for_switching_longrope_exports(work, kind):
+    """A longrope2 export explains generation past L0 in model/README.md (a hashed output); PI gets none."""
+    out = run_export(work, kind, "longrope2")
+    readme = out / "model" / "README.md"
+    assert readme.is_file() and not readme.is_symlink()
+    text = readme.read_text()
+    assert f"| {L0} |" in text and f"| {TARGET} |" in text  # original and target lengths
+    assert f"{GEOMETRY[kind].n_pairs} per-pair factors" in text
+    assert "greedy_generate(model, ids" in text and "LongContextLM" in text
+    assert ("inexact" in text) == (kind == "llama")  # transformers recomputes the cache for Phi-3 itself
+    man = json.loads((out / "manifest.json").read_text())
+    assert man["outputs"]["model"] == sha256_path(out / "model")
+    assert not (run_export(work, kind, "pi") / "model" / "README.md").exists()
+    assert not (run_export(work, kind, "none") / "model" / "README.md").exists()
+
+
+def test_export_readme_replaces_the_base_readme(work, tmp_path):
+    """A base folder with its own README.md (a hub model card): longrope2 writes its own, PI links the base's."""
+    root, w = work
+    base = tmp_path / "base"
+    shutil.copytree(w["llama"]["base"], base)
+    (base / "README.md").write_text("model card\n")
+    for method, own in (("longrope2", True), ("pi", False)):
+        dest = tmp_path / method
+        export.run(w["llama"]["cfg"], str(dest), argparse.Namespace(model=str(base), factors=str(w["llama"]["factors"][method])))
+        readme = dest / "model" / "README.md"
+        assert readme.is_symlink() != own
+        assert (readme.read_text() == "model card\n") != own
+
+
+def test_save_model_writes_the_readme(tmp_path):
+    """Fine-tuned checkpoints (models.save_model) get the same README."""
+    tok = word_tokenizer(VOCAB)
+    for method in ("longrope2", "pi"):
+        torch.manual_seed(0)
+        model = AutoModelForCausalLM.from_config(tiny_config("llama")).eval()
+        models.save_model(tmp_path / method, model, tok, scaling("llama", method))
+    assert f"| {L0} |" in (tmp_path / "longrope2" / "README.md").read_text()
+    assert not (tmp_path / "pi" / "README.md").exists()
 
 
 def test_mismatched_or_missing_factors_are_reported(work, tmp_path):

@@ -12,7 +12,7 @@ from longrope2 import models, rope
 from longrope2.errors import LongRoPE2Error
 from longrope2.evaluation import harness
 from longrope2.evaluation.lm import LongContextLM
-from longrope2.generation import switch_length
+from longrope2.generation import batch_class, greedy_generate, switch_length
 
 from conftest import word_tokenizer
 
@@ -306,6 +306,175 @@ def test_mixed_lengths_come_back_in_request_order(longrope_llama):
     assert len(set(out)) > 1
 
 
+@pytest.fixture(scope="module", params=["sdpa", "eager"])
+def plain_llama(request):
+    """No factor switch (plain RoPE up to TARGET): prompts of any lengths share a batch. sdpa takes the 4D
+    boolean padding mask greedy_generate builds, eager the 2D one transformers turns into its own."""
+    model = AutoModelForCausalLM.from_config(tiny_llama(VOCAB, max_position_embeddings=TARGET).config,
+                                             attn_implementation=request.param)
+    model.load_state_dict(tiny_llama(VOCAB, max_position_embeddings=TARGET).state_dict())
+    assert switch_length(model) is None and model.config._attn_implementation == request.param
+    return model.eval(), word_tokenizer(VOCAB)
+
+
+def full_recompute(model, ids, new_tokens):
+    """No cache, no padding: a full forward over the row at every step; (new token ids, per-step logits)."""
+    ids, logits = torch.tensor([ids]), []
+    with torch.no_grad():
+        for _ in range(new_tokens):
+            logits.append(model(ids).logits[0, -1])
+            ids = torch.cat([ids, logits[-1].argmax().view(1, 1)], dim=1)
+    return ids[0, -new_tokens:], torch.stack(logits)
+
+
+def check_padded_batch(model, lengths, new_tokens, seed, eos=None, draft=0):
+    """The rows of one left-padded batch, as a list and as ids + attention mask, against each row decoded
+    alone (greedy_generate unpadded, no drafting: ids equal, logits within 1e-5) and a cache-less full
+    recompute. Returns the batch's new tokens."""
+    ps = prompts(lengths, seed=seed)
+    width = max(lengths)
+    out, scores = greedy_generate(model, ps, new_tokens, eos_token_id=eos, output_scores=True, draft_tokens=draft)
+    padded = torch.tensor([[0] * (width - len(p)) + p for p in ps])
+    mask = (padded != 0).long()
+    for r, p in enumerate(ps):
+        mask[r, :width - len(p)] = 0
+    again = greedy_generate(model, padded, new_tokens, eos_token_id=eos, attention_mask=mask, draft_tokens=draft)
+    assert torch.equal(out, again) and torch.equal(out[:, :width], padded)
+    steps = out.shape[1] - width
+    logits = torch.stack(scores, dim=1)  # (batch, steps, vocab)
+    assert torch.isfinite(logits).all()
+    for r, p in enumerate(ps):
+        alone, alone_scores = greedy_generate(model, torch.tensor([p]), new_tokens, eos_token_id=eos, output_scores=True)
+        n = alone.shape[1] - len(p)  # a row that met eos stops alone; in the batch it then repeats eos
+        assert torch.equal(out[r, width:width + n], alone[0, len(p):])
+        assert n == steps or (eos is not None and bool((out[r, width + n:] == eos).all()))
+        torch.testing.assert_close(logits[r, :n], torch.cat(alone_scores), rtol=0, atol=1e-5)
+        ref_ids, ref_logits = full_recompute(model, p, n)
+        assert torch.equal(out[r, width:width + n], ref_ids)
+        torch.testing.assert_close(logits[r, :n], ref_logits, rtol=0, atol=1e-4)
+    return out[:, width:]
+
+
+@pytest.mark.parametrize("draft", [0, 4])
+@pytest.mark.parametrize("lengths, new_tokens", [
+    ([45, 40, 40, 37, 33], 12),  # "long": past L0 = 32 from the prefill on
+    ([21, 20, 15, 10, 3], 12),  # "short": 21 + 12 - 1 = 32 tokens at the last forward, within L0
+])
+def test_padded_batch_equals_rows_alone_longrope(longrope_llama, lengths, new_tokens, draft):
+    model, _ = longrope_llama
+    assert len({batch_class(L0, n, new_tokens) for n in lengths}) == 1
+    new = check_padded_batch(model, lengths, new_tokens, seed=21, draft=draft)
+    assert len({tuple(row) for row in new.tolist()}) > 1
+
+
+@pytest.mark.parametrize("draft", [0, 4])
+def test_padded_batch_equals_rows_alone_plain(plain_llama, draft):
+    model, _ = plain_llama
+    new = check_padded_batch(model, [60, 41, 41, 23, 5, 1], 12, seed=22, draft=draft)  # any lengths, even one token
+    assert len({tuple(row) for row in new.tolist()}) > 1
+
+
+def forwards(model):
+    calls = []
+    handle = model.register_forward_hook(lambda *_: calls.append(1))
+    return calls, handle
+
+
+def test_drafted_decoding_same_tokens_in_fewer_forwards(plain_llama, longrope_llama):
+    """Prompt-lookup drafting: rows that fall into loops accept most guesses (rows then advance at different
+    rates, rejected guesses leave masked cache slots), and every row keeps its one-token-per-step tokens."""
+    model, _ = plain_llama
+    calls, handle = forwards(model)
+    try:
+        check_padded_batch(model, [60, 40], 40, seed=42, draft=0)
+        plain, calls[:] = len(calls), []
+        new = check_padded_batch(model, [60, 40], 40, seed=42, draft=6)
+        drafted = len(calls)
+    finally:
+        handle.remove()
+    assert drafted < plain - 8  # (both counts include the rows-alone references)
+    assert torch.equal(greedy_generate(model, prompts([60, 40], seed=42), 40, draft_tokens=50)[:, 60:], new)  # holes capped
+    assert new[0, -8:].tolist() == [43, 0] * 4 and new[1, -8:].tolist() == [10] * 8  # the loops
+    model, _ = longrope_llama  # crossing L0 mid-generation: one token per step, the batch in step
+    ps = prompts([28, 28], seed=3)
+    calls, handle = forwards(model)
+    try:
+        out = greedy_generate(model, ps, 12, draft_tokens=6)
+    finally:
+        handle.remove()
+    assert len(calls) == 12  # one forward per token (the first past L0 over the whole sequence: the rebuild)
+    assert torch.equal(out, greedy_generate(model, ps, 12))
+
+
+def test_prompt_lookup_drafts():
+    """The tokens after the latest earlier occurrence of the last 3 (else 2, else 1) tokens, continued through
+    the draft itself (a loop keeps looping)."""
+    from longrope2.generation import _Drafter
+
+    def brute(seq, k):
+        for size in range(min(3, len(seq) - 1), 0, -1):
+            starts = [i for i in range(len(seq) - size) if seq[i:i + size] == seq[-size:]]
+            if starts:
+                out, src = [], starts[-1] + size
+                for j in range(src, src + k):
+                    out.append(seq[j] if j < len(seq) else out[j - len(seq)])
+                return out
+        return []
+
+    assert _Drafter([5, 6, 7, 5, 6]).draft(4) == [7, 5, 6, 7]
+    assert _Drafter([9, 9]).draft(3) == [9, 9, 9] and _Drafter([1, 2, 3]).draft(3) == [] and _Drafter([1]).draft(2) == []
+    g = torch.Generator().manual_seed(0)
+    for _ in range(500):
+        seq = torch.randint(0, 4, (int(torch.randint(1, 30, (1,), generator=g)),), generator=g).tolist()
+        d = _Drafter(seq[:len(seq) // 2])
+        d.extend(seq[len(seq) // 2:])
+        assert d.draft(5) == brute(seq, 5), seq
+
+
+@pytest.mark.parametrize("draft", [0, 4])
+@pytest.mark.parametrize("kind", ["longrope", "plain"])
+def test_padded_batch_rows_finishing_early(longrope_llama, plain_llama, kind, draft):
+    """Rows that meet eos repeat it while the others go on; the batch ends when every row has finished."""
+    model = (longrope_llama if kind == "longrope" else plain_llama)[0]
+    lengths, seed = [44, 40, 36, 35], 23
+    ps = prompts(lengths, seed=seed)
+    firsts = [full_recompute(model, p, 14)[0].tolist() for p in ps]
+    eos = next(t for t in firsts[1][2:] if firsts[1].index(t) >= 2)  # row 1 meets it at its 3rd new token or later
+    new = check_padded_batch(model, lengths, 14, seed=seed, eos=eos, draft=draft)
+    ends = [row.index(eos) if eos in row else None for row in new.tolist()]
+    assert ends[1] is not None and ends[1] >= 2
+    assert any(e is None or e > ends[1] for e in ends)  # some row decoded on after row 1 finished
+    if all(e is not None for e in ends):
+        assert new.shape[1] == max(ends) + 1  # no step after the last row finished
+
+
+def test_padded_batch_refuses_rows_on_different_sides_of_L0(longrope_llama):
+    model, _ = longrope_llama
+    assert batch_class(L0, 33, 8) == "long" and batch_class(L0, 25, 8) == "short"
+    assert batch_class(L0, 26, 8) == ("crosses", 26) and batch_class(None, 26, 8) == "any"
+    for lengths in ([40, 20], [28, 27], [28, 20]):  # long + short, two crossing lengths, crossing + short
+        with pytest.raises(ValueError, match="different sides of L0"):
+            greedy_generate(model, prompts(lengths), 8)
+    with pytest.raises(ValueError, match="left padding"):
+        greedy_generate(model, torch.tensor(prompts([4, 4])), 2, attention_mask=torch.tensor([[1, 1, 1, 0], [1] * 4]))
+
+
+def test_generate_until_batches_by_class(longrope_llama, plain_llama):
+    """Longest first; with the factor switch, within-L0 rows and past-L0 rows each share padded batches and a row
+    crossing L0 mid-generation only one with rows of its length; without it any lengths mix."""
+    lengths = [20, 28, 40, 12, 36, 28, 10, 29]  # 8 new tokens: 40, 36 long; 29, 28 crossing; 20, 12, 10 short
+    ps = prompts(lengths, seed=24)
+    reqs = [request(as_text(p), 8, doc_id=i) for i, p in enumerate(ps)]
+    for (model, tok), want in ((longrope_llama, [[40, 36], [29], [28, 28], [20, 12, 10]]),
+                               (plain_llama, [[40, 36, 29, 28], [28, 20, 12, 10]])):
+        refs = [reference(model, tok, p, 8)[0] for p in ps]
+        for draft in (0, 3):
+            lm = LongContextLM(model, tok, max_length=TARGET, batch_size=4, draft_tokens=draft)
+            calls = spy(lm)
+            assert lm.generate_until(reqs, disable_tqdm=True) == refs
+            assert calls == want
+
+
 def test_stop_strings_and_max_gen_toks(longrope_llama):
     model, tok = longrope_llama
     lm = LongContextLM(model, tok, max_length=TARGET)
@@ -321,6 +490,16 @@ def test_stop_strings_and_max_gen_toks(longrope_llama):
     assert cut[1] == reference(model, tok, ids, 3)[0]  # max_gen_toks counts tokens (some decode to nothing)
 
 
+def test_stop_check_reads_each_row_up_to_its_eos(longrope_llama):
+    """Rows behind the longest (drafting) are filled with eos: the check reads each row's own last tokens."""
+    model, tok = longrope_llama
+    stop = LongContextLM(model, tok, max_length=TARGET)._stopper([["w5"], [], ["w7 w8"], ["w9"], ["w3"]])
+    w = [i + 4 for i in range(12)]  # token of word "w{i}"
+    new = torch.tensor([[w[1], w[5], 2, 2, 2, 2], [w[5]] * 6, [w[6], w[7], w[8], 2, 2, 2], [w[1]] * 6,
+                        [w[3], w[1], w[1], w[1], w[1], w[1]]])
+    assert stop(new).tolist() == [True, False, True, False, True]
+
+
 def test_prompt_that_does_not_fit_is_refused_before_any_decoding(longrope_llama):
     model, tok = longrope_llama
     lm = LongContextLM(model, tok, max_length=40)
@@ -332,7 +511,11 @@ def test_prompt_that_does_not_fit_is_refused_before_any_decoding(longrope_llama)
     msg = str(e.value)
     assert "\n" not in msg and calls == []
     assert msg == ("ruler_vt_8192, doc 7: prompt 30 + max_gen_toks 12 = 42 tokens exceeds max_length 40 "
-                   "(LongContextLM never truncates)")
+                   "(LongContextLM truncates only generation prompts, and only with truncate='middle')")
+    middle = LongContextLM(model, tok, max_length=40, truncate="middle")  # LongBench: keep both ends
+    job = middle._job(0, reqs[1])
+    ids = middle.tok_encode(as_text(ps[1]))
+    assert job.ids == ids[:14] + ids[-14:] and middle.truncated == 1
     with pytest.raises(LongRoPE2Error, match="decodes greedily"):
         lm.generate_until([Instance("generate_until", {}, ("w1", {"do_sample": True, "temperature": 0.7}), 0)])
     with pytest.raises(LongRoPE2Error, match="max_length: must be a positive integer"):

@@ -18,8 +18,11 @@ SMOLLM2_135M = {"hidden_size": 576, "num_hidden_layers": 30, "num_attention_head
 PHI3_MINI = {"hidden_size": 3072, "num_hidden_layers": 32, "num_attention_heads": 32, "num_key_value_heads": 32,
              "intermediate_size": 8192, "vocab_size": 32064, "tie_word_embeddings": False}
 
-CPU_STAGES = ("critical-dims", "corpus", "import-model", "needles", "baseline", "export", "tables")
-GPU_RULES = ("retrieval", "search", "finetune", "evaluate_training_free", "evaluate_finetuned")
+CPU_STAGES = ("critical-dims", "corpus", "import-model", "needles", "baseline", "export", "ruler-data", "ruler-tables",
+              "tables")
+ONE_GPU_RULES = ("retrieval", "search", "evaluate_training_free", "evaluate_finetuned", "ruler_training_free",
+                 "ruler_finetuned", "suite_training_free", "suite_finetuned")
+GPU_RULES = ("finetune", *ONE_GPU_RULES)
 
 
 def load(experiment=None, extra=None):
@@ -123,7 +126,8 @@ def test_finetune_takes_the_fewest_gpus_that_fit():
     assert g == 4
     assert resources.finetune_gpu_bytes(cfg, size, g) <= usable < resources.finetune_gpu_bytes(cfg, size, g - 1)
     # a shorter target needs fewer GPUs
-    short = load("llama3-8b-128k", {"cluster": {"gpu_mem_gb": 141}, "extension": {"target_length": 32768}})
+    short = load("llama3-8b-128k", {"cluster": {"gpu_mem_gb": 141}, "extension": {"target_length": 32768},
+                                      "evaluation": {"lengths": [4096, 32768]}})
     assert resources.stage_resources("finetune", short, size)["gpu"] < g
 
 
@@ -141,7 +145,8 @@ def test_default_scale_experiment_runs_on_cpu_with_todays_threads():
     assert all(r["gpu"] == 0 for r in res.values())
     assert {s: res[s]["threads"] for s in resources.STAGES} == {
         "critical-dims": 1, "corpus": 2, "import-model": 2, "pretrain": 1, "retrieval": 2, "needles": 1,
-        "search": 2, "baseline": 1, "export": 1, "finetune": 1, "evaluate": 1, "tables": 1}
+        "search": 2, "baseline": 1, "export": 1, "finetune": 1, "evaluate": 1, "ruler-data": 1, "ruler": 1,
+        "suite": 1, "ruler-tables": 1, "tables": 1}
     # a 1.1M-parameter model: a few GB at most, and the time floor for all but pretraining (13 min measured)
     assert all(r["mem_mb"] <= 4000 for r in res.values())
     assert res["pretrain"]["runtime"] >= 15
@@ -188,7 +193,7 @@ def test_slurm_profile_dry_run_requests(workdir):
         gpu = int(res.get("gpu", 0))
         if rule == "finetune":
             assert gpu >= 2, (rule, res)
-        elif rule in ("search", "evaluate_training_free", "evaluate_finetuned", "retrieval"):
+        elif rule in ONE_GPU_RULES:
             assert gpu == 1, (rule, res)
         else:
             assert gpu == 0, (rule, res)

@@ -203,7 +203,7 @@ def test_missing_qa_data_is_a_one_line_error(monkeypatch, tmp_path, small_tokeni
     monkeypatch.setattr(datasets, "load_dataset", hub_unreachable)
     for call in (lambda: ruler.load_qa("squad"), lambda: ruler.generate("qa_1", 1024, 1, small_tokenizer, haystack, 0)):
         e = error_of(call)
-        assert e.key == "evaluation.ruler.qa_files.squad" and "dev-v2.0.json" in str(e) and "offline" in str(e)
+        assert e.key == "evaluation.ruler.qa_files.squad" and "dev-v2.0.json" in str(e) and "unreachable" in str(e)
     assert error_of(lambda: ruler.load_qa("hotpotqa", str(tmp_path / "none.json"))).key == "evaluation.ruler.qa_files.hotpotqa"
     (tmp_path / "wrong.json").write_text('{"rows": []}')
     assert error_of(lambda: ruler.load_qa("squad", str(tmp_path / "wrong.json"))).key == "evaluation.ruler.qa_files.squad"

@@ -156,13 +156,16 @@ def job_counts(stdout: str) -> dict[str, int]:
     return {m[1]: int(m[2]) for m in re.finditer(r"^(\w+)\s+(\d+)$", table, re.M) if m[1] != "all"}
 
 
+RULER = {"ruler_training_free": 6, "ruler_finetuned": 3, "table_ruler": 1}
+RULER_DATA = {"ruler_data": 14}  # 7 tasks (5 RULER, heat map, passkey) x 2 lengths
 AFTER_SEARCH = {"search": 2, "baseline": 2, "export": 4, "evaluate_training_free": 4, "table_training_free": 1,
-                "finetune": 2, "evaluate_finetuned": 2, "table_finetune": 1}
+                "finetune": 2, "evaluate_finetuned": 2, "table_finetune": 1,
+                "ruler_training_free": 4, "ruler_finetuned": 2, "table_ruler": 1}
 EVALUATIONS = {"evaluate_training_free": 6, "table_training_free": 1, "evaluate_finetuned": 3, "table_finetune": 1}
 AFTER_MODEL = {"retrieval": 1, "search": 2, "baseline": 2, "export": 6, "evaluate_training_free": 6,
-               "table_training_free": 1, "finetune": 3, "evaluate_finetuned": 3, "table_finetune": 1}
+               "table_training_free": 1, "finetune": 3, "evaluate_finetuned": 3, "table_finetune": 1, **RULER}
 ALL_GEOMETRY = {"search": 2, "baseline": 4, "export": 6, "evaluate_training_free": 6, "table_training_free": 1,
-                "finetune": 3, "evaluate_finetuned": 3, "table_finetune": 1}
+                "finetune": 3, "evaluate_finetuned": 3, "table_finetune": 1, **RULER}
 
 
 def _keys(d, prefix=""):
@@ -177,16 +180,20 @@ RERUNS = [
     ({"critical_dims": {"figure_dpi": 100}}, {"critical_dims": 1}),
     ({"retrieval": {"samples": 5}}, {"retrieval": 1}),
     ({"cluster": {"gpu_mem_gb": 40}}, {}),  # scheduling only: no stage reads it
-    ({"finetune": {"lr": 0.001}}, {"finetune": 3, "evaluate_finetuned": 3, "table_finetune": 1}),
+    ({"finetune": {"lr": 0.001}}, {"finetune": 3, "evaluate_finetuned": 3, "table_finetune": 1,
+                                   "ruler_finetuned": 3, "table_ruler": 1}),
     ({"needles": {"eval_samples": 3}}, EVALUATIONS),
     ({"evaluation": {"batch_tokens": 4096}}, EVALUATIONS),
+    ({"evaluation": {"batch_size": 2}}, RULER),
+    ({"evaluation": {"effective_threshold": 50}}, {"table_ruler": 1}),
+    ({"evaluation": {"ruler": {"samples": 3}}}, {**RULER_DATA, **RULER}),
     ({"search": {"generations": 2}}, AFTER_SEARCH),
     ({"needles": {"search_samples": 3}}, {"needles": 1, **AFTER_SEARCH}),
     ({"pretrain": {"lr": 0.003}}, {"pretrain": 1, **AFTER_MODEL}),
-    ({"experiment": {"seed": 8}}, {"pretrain": 1, "needles": 1, **AFTER_MODEL}),
+    ({"experiment": {"seed": 8}}, {"pretrain": 1, "needles": 1, **RULER_DATA, **AFTER_MODEL}),
     ({"model": {"geometry": {"rope_base": 20000}}}, {"critical_dims": 1, "pretrain": 1, "retrieval": 1, **ALL_GEOMETRY}),
-    ({"extension": {"target_length": 2048}}, {"critical_dims": 1, "needles": 1, **ALL_GEOMETRY}),
-    ({"tokenizer": {"vocab_size": 600}}, {"corpus": 1, "pretrain": 1, "needles": 1, **AFTER_MODEL}),
+    ({"extension": {"target_length": 2048}}, {"critical_dims": 1, "needles": 1, **RULER_DATA, **ALL_GEOMETRY}),
+    ({"tokenizer": {"vocab_size": 600}}, {"corpus": 1, "pretrain": 1, "needles": 1, **RULER_DATA, **AFTER_MODEL}),
 ]
 
 
@@ -198,6 +205,28 @@ def test_editing_a_key_reruns_exactly_its_readers(micro_run, tmp_path, override,
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert job_counts(proc.stdout) == expected
 
+
+
+def test_report_builds_with_every_table_and_figure(micro_run, tmp_path):
+    report = tmp_path / "report.html"
+    proc = snakemake("--report", report, "--configfile", MICRO, cwd=micro_run)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    html = report.read_text(errors="replace")
+    for name in ("ruler.csv", "niah_heatmaps.png", "passkey.csv", "comparisons.csv", "training_free.csv"):
+        assert name in html, name
+
+
+def test_ruler_tables_of_the_micro_run(micro_run):
+    res = micro_run / "results/micro"
+    table = pd.read_csv(res / "tables/ruler/ruler.csv")
+    tf = table[(table["stage"] == "training-free") & (table["length"] == "1024")]
+    assert list(tf["method"]) == ["none", "pi", "ntk_rcd", "yarn_rcd", "longrope", "longrope2"]
+    assert set(tf["n"]) == {8} and set(tf["tasks_run"]) == {4}  # qa_1 has no data offline
+    assert set(table.loc[table["stage"] == "after", "method"]) == {"pi", "longrope2", "longrope2_no_mixed"}
+    md = (res / "tables/ruler/ruler.md").read_text()
+    assert "not run: qa_1 at 1024: evaluation.ruler.qa_files.squad" in md and "Measured on: " in md
+    scores = json.loads((res / "eval/finetuned/longrope2/ruler/scores.json").read_text())
+    assert scores["tasks"]["qa_1"]["1024"]["not_run"] and scores["tasks"]["passkey"]["256"]["n"] == 2
 
 
 def test_config_path_with_shell_metacharacters_runs_safely(workdir):

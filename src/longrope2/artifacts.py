@@ -85,8 +85,19 @@ def library_versions() -> dict[str, str]:
     return out
 
 
+def cpu_model() -> str:
+    """The CPU's model name (CPU results differ between machines: tables name the one they came from)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def device_description() -> dict[str, Any]:
-    info: dict[str, Any] = {"platform": platform.platform(), "cpu_count": os.cpu_count()}
+    info: dict[str, Any] = {"platform": platform.platform(), "cpu": cpu_model(), "cpu_count": os.cpu_count()}
     try:
         import torch
 
@@ -149,6 +160,8 @@ def verify_inputs(paths: Iterable[str | Path] | Mapping[str, str | Path]) -> dic
     """Check every input of a stage before it does any work (the CLI calls this with the stage's INPUTS,
     as {argument: path}, so a missing one is named by its argument)."""
     named = paths.items() if isinstance(paths, Mapping) else ((None, p) for p in paths)
+    # an argument taking several paths (nargs="+") is checked path by path
+    named = [(arg, p) for arg, value in named for p in (value if isinstance(value, (list, tuple)) else [value])]
     out = {}
     for arg, path in named:
         if arg and not Path(path).exists():

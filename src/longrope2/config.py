@@ -143,12 +143,28 @@ def validate(cfg: dict) -> dict:
     missing = sorted(needed - set(cfg["search"]["methods"]))
     if missing:
         raise ConfigError("search.methods", f"must include {', '.join(missing)} (needed by extension.methods and the rcd baselines)")
+    evaluation_lengths(cfg)
     runnable = methods.training_free(cfg)
     for i, m in enumerate(cfg["finetune"]["methods"]):
         if m not in runnable:
             raise ConfigError(f"finetune.methods.{i}", f"got {m!r}, which this experiment does not build; allowed: "
                               f"{', '.join(x for x in runnable if x in methods.EXTENSION_METHODS)} (add it to extension.methods)")
     return cfg
+
+
+def evaluation_lengths(cfg: Mapping) -> list[int]:
+    """RULER / NIAH / passkey lengths: ``evaluation.lengths``, or L0/2, L0, 2*L0 and the target. None may
+    exceed the target: no method is extended (or fine-tuned) beyond it."""
+    l0, target = cfg["model"]["geometry"]["original_length"], cfg["extension"]["target_length"]
+    given = cfg["evaluation"]["lengths"]
+    lengths = sorted(set(given)) if given is not None else sorted({l0 // 2, l0, min(2 * l0, target), target})
+    if not lengths:
+        raise ConfigError("evaluation.lengths", f"is empty; give lengths up to the target {target}, or null for the default")
+    above = [L for L in lengths if L > target]
+    if above:
+        raise ConfigError("evaluation.lengths", f"{above[0]} is above what any method supports; allowed: lengths up to "
+                          f"extension.target_length={target}")
+    return lengths
 
 
 def load(paths: Iterable[str | Path]) -> dict:

@@ -151,17 +151,20 @@ def load_factors(path: str | Path, geometry=None):
 
 
 def save_model(folder: Path, model, tok, scaling) -> None:
-    """A full checkpoint (weights, tokenizer, config with the method's rope parameters): fine-tuned models."""
+    """A full checkpoint (weights, tokenizer, config with the method's rope parameters): fine-tuned models.
+    A switching LongRoPE checkpoint also gets a ``README.md`` on generating past L0 (:func:`export_readme`)."""
     from . import rope
 
     rope.apply_scaling(model, scaling)  # also sets model.config.rope_parameters / max_position_embeddings
     model.save_pretrained(folder, safe_serialization=True)
     tok.save_pretrained(folder)
+    write_export_readme(folder, model.config)
 
 
 def write_linked_export(base: str | Path, folder: Path, final: Path, config) -> None:
     """``config`` as ``folder/config.json`` plus relative links to every other file of the ``base`` model
-    folder: a training-free export differs from its base in the rope parameters alone.
+    folder: a training-free export differs from its base in the rope parameters alone. A switching
+    LongRoPE export also gets its own ``README.md`` (:func:`export_readme`) instead of the base's.
 
     ``folder`` is where the export is written now and ``final`` where it will live (StageRun renames its
     staging folder into place), so the links are relative to ``final``."""
@@ -170,8 +173,84 @@ def write_linked_export(base: str | Path, folder: Path, final: Path, config) -> 
     base = Path(base).resolve()
     folder.mkdir(parents=True, exist_ok=True)
     config.save_pretrained(folder)
+    own = {"config.json"} | ({EXPORT_README} if write_export_readme(folder, config) else set())
     final_abs = Path(final).resolve()
     for f in sorted(base.iterdir()):
-        if f.name == "config.json" or f.name.startswith(".") or not f.is_file():
+        if f.name in own or f.name.startswith(".") or not f.is_file():
             continue  # hidden files are workflow bookkeeping (e.g. Snakemake's timestamp), not the model
         os.symlink(os.path.relpath(f, final_abs), folder / f.name)
+
+
+EXPORT_README = "README.md"
+
+
+def export_readme(config) -> str | None:
+    """The README of a checkpoint whose RoPE switches from short to long factors past L0 (rope_type
+    ``longrope`` with long != short factors: LongRoPE, LongRoPE2), else None.
+
+    It tells a user of the bare folder that stock ``generate`` is inexact across L0 for Llama-family
+    models, and how to decode exactly with this package. Deterministic (reruns stay byte-identical)."""
+    rp = getattr(config, "rope_parameters", None) or {}
+    if rp.get("rope_type") != "longrope" or list(rp.get("long_factor") or []) == list(rp.get("short_factor") or []):
+        return None
+    l0 = int(rp["original_max_position_embeddings"])
+    target = int(getattr(config, "max_position_embeddings", 0) or 0)
+    model_type = getattr(config, "model_type", "?")
+    n_long, n_short = len(rp["long_factor"]), len(rp["short_factor"])
+    if model_type in ("phi3",):
+        stock = (f"transformers' Phi-3 implementation recomputes the KV cache the first time the sequence exceeds "
+                 f"{l0} tokens, so stock `model.generate` is exact for this checkpoint; the recipes below are "
+                 f"equivalent and work for every model type.")
+    else:
+        stock = (f"**Stock `model.generate` of transformers is inexact on this checkpoint once prompt + generated "
+                 f"tokens cross {l0} tokens** (`original_max_position_embeddings`). transformers' `longrope` rotary "
+                 f"embedding rotates a whole forward with the long factors once its positions pass {l0}, but the "
+                 f"KV cache still holds the keys of the first {l0} tokens rotated with the short factors; for "
+                 f"Llama-family models nothing rebuilds it (transformers does so only for Phi-3). The LongRoPE "
+                 f"papers' inference recomputes the cache with the long factors at that point. A single forward "
+                 f"(scoring, perplexity) is exact at any length up to {target}.")
+    return f"""# LongRoPE checkpoint ({model_type}, rope_type `longrope`)
+
+Exported by the `longrope2` pipeline. RoPE switches factor sets by sequence length:
+
+| | |
+|---|---|
+| original length L0 (`original_max_position_embeddings`) | {l0} |
+| target length (`max_position_embeddings`) | {target} |
+| short factors (sequences <= L0) | {n_short} per-pair factors |
+| long factors (sequences > L0) | {n_long} per-pair factors |
+| attention factor | {rp.get("attention_factor", 1.0)} |
+
+## Generating across L0
+
+{stock}
+
+Exact greedy decoding with this package (rebuilds the cache once, when the sequence first exceeds L0, so
+every step equals a cache-less full forward; prompts of one batch must have equal length, no padding):
+
+```python
+from transformers import AutoModelForCausalLM, AutoTokenizer
+from longrope2.generation import greedy_generate
+
+model = AutoModelForCausalLM.from_pretrained(FOLDER).eval()
+tok = AutoTokenizer.from_pretrained(FOLDER)
+ids = tok(prompt, return_tensors="pt").input_ids
+out = greedy_generate(model, ids, max_new_tokens=64, eos_token_id=tok.eos_token_id)  # prompt + new tokens
+print(tok.decode(out[0, ids.shape[1]:], skip_special_tokens=True))
+```
+
+With lm-eval, pass `longrope2.evaluation.lm.LongContextLM(model, tok, max_length={target or l0}, batch_size=8)`
+as the model of `lm_eval.simple_evaluate` instead of `HFLM`: it decodes with `greedy_generate` and, by
+default, refuses prompts that do not fit `max_length` instead of truncating them.
+"""
+
+
+def write_export_readme(folder: Path, config) -> Path | None:
+    """``folder/README.md`` for a switching LongRoPE checkpoint (nothing otherwise). ``folder`` is a stage's
+    staging folder, renamed into place with the rest of the outputs."""
+    text = export_readme(config)
+    if text is None:
+        return None
+    path = Path(folder) / EXPORT_README
+    path.write_text(text)
+    return path

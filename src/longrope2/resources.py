@@ -51,13 +51,16 @@ FWD_ACT_BYTES = 32  #: peak bytes per token per hidden unit of a no-grad forward
 
 #: the CLI stage names
 STAGES = ("critical-dims", "corpus", "import-model", "pretrain", "retrieval", "needles", "search", "baseline",
-          "export", "finetune", "evaluate", "tables")
+          "export", "finetune", "evaluate", "ruler-data", "ruler", "suite", "ruler-tables", "tables")
 #: Snakemake rule names (and other spellings) -> stage
 ALIASES = {"critical_dims": "critical-dims", "import_model": "import-model", "evaluate_training_free": "evaluate", "evaluate_finetuned": "evaluate",
+           "ruler_data": "ruler-data", "ruler_training_free": "ruler", "ruler_finetuned": "ruler", "table_ruler": "ruler-tables",
+           "suite_training_free": "suite", "suite_finetuned": "suite",
            "table_training_free": "tables", "table_finetune": "tables", "table": "tables"}
 #: threads of CPU jobs (the scale model's stages measured fastest with these on 2 cores)
 CPU_THREADS = {"corpus": 2, "import-model": 2, "pretrain": 1, "retrieval": 2, "search": 2, "finetune": 1,
-               "evaluate": 1}
+               "evaluate": 1, "ruler": 1, "ruler-data": 1}
+RULER_NEW_TOKENS = 128  #: the longest answer budget of RULER's tasks (NIAH)
 
 
 @dataclass(frozen=True)
@@ -174,6 +177,23 @@ def _heads(cfg: Mapping, size: ModelSize) -> int:
 # --- memory --------------------------------------------------------------------------------------------
 def _mib(nbytes: float) -> int:
     return int(math.ceil(nbytes / 2**20))
+
+
+def ruler_workload(cfg: Mapping) -> list[tuple[int, int]]:
+    """(length, samples) the RULER stage scores: tasks x samples + heat-map cells + passkey, per length."""
+    from .config import evaluation_lengths
+
+    ev = cfg["evaluation"]
+    suites = set(ev["suites"])
+    per_length = (len(ev["ruler"]["tasks"]) * ev["ruler"]["samples"] if "ruler" in suites else 0) \
+        + (ev["niah"]["depths"] * ev["niah"]["samples"] if "niah" in suites else 0) \
+        + (ev["passkey"]["samples"] if "passkey" in suites else 0)
+    return [(L, per_length) for L in evaluation_lengths(cfg)]
+
+
+def generation_flops(size: ModelSize, length: int, new_tokens: int) -> float:
+    """Prefill of a ``length``-token prompt, then ``new_tokens`` cached decode steps attending to it."""
+    return forward_flops(size, length) + new_tokens * (2.0 * size.parameters + 4.0 * size.layers * length * size.hidden_size)
 
 
 def forward_act_bytes(cfg: Mapping, size: ModelSize, length: int, batch_tokens: int, cpu: bool) -> float:
@@ -315,6 +335,29 @@ def stage_resources(stage: str, cfg: Mapping, size: ModelSize) -> dict:
         else:
             act = forward_act_bytes(cfg, size, longest, batch, cpu=True)
             mem = BASE_MB * 2**20 + 4.0 * n * HOST_OVERHEAD + data + act
+    elif stage == "ruler":
+        gpu = 1 if real else 0
+        work = ruler_workload(cfg)
+        longest, batch = max(L for L, _ in work), cfg["evaluation"]["batch_size"]
+        flops = sum(k * generation_flops(size, L, RULER_NEW_TOKENS) for L, k in work)
+        seconds = flops / _flop_rate(gpu) + 4.0 * n / READ_BYTES_S + 30.0  # + lm-eval's set-up
+        if gpu:
+            _check_forward_fits(stage, cfg, size, longest, batch * longest)
+            mem = GPU_BASE_MB * 2**20 + 2.0 * n * HOST_OVERHEAD
+        else:
+            mem = BASE_MB * 2**20 + 4.0 * n * HOST_OVERHEAD + forward_act_bytes(cfg, size, longest, batch * longest, cpu=True)
+    elif stage == "suite":  # LongBench (16 tasks, <= 200 docs each, prompts up to the window) or MMLU 5-shot
+        gpu = 1 if real else 0
+        ev = cfg["evaluation"]
+        window = min(target, 32768)
+        lb = 16 * (ev["longbench"]["limit"] or 200) * generation_flops(size, window, RULER_NEW_TOKENS)
+        mmlu = 57 * (ev["mmlu"]["limit"] or 250) * 4 * forward_flops(size, 700)
+        seconds = max(lb, mmlu) / _flop_rate(gpu) + 4.0 * n / READ_BYTES_S + 60.0
+        mem = (GPU_BASE_MB * 2**20 + 2.0 * n * HOST_OVERHEAD) if gpu else \
+            BASE_MB * 2**20 + 4.0 * n * HOST_OVERHEAD + forward_act_bytes(cfg, size, window, window, cpu=True)
+    elif stage == "ruler-data":  # tokenizing prompts: one task at one length
+        mem = BASE_MB * 2**20 + 64.0 * max(L for L, _ in ruler_workload(cfg)) * 64
+        seconds = 60.0
     elif stage == "finetune":
         ft = cfg["finetune"]
         ckpt = ft.get("gradient_checkpointing", True)

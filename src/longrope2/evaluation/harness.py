@@ -53,7 +53,17 @@ def string_match_part(pred: str, refs: str | Iterable[str]) -> float:
     return float(any(r.lower() in pred for r in refs))
 
 
-METRICS = {"all": string_match_all, "part": string_match_part}
+_INTEGER = re.compile(r"\d+")
+
+
+def first_integer_match(pred: str, refs: str | Iterable[str]) -> float:
+    """1 if the first integer in the prediction is a reference (passkey: "12345" in "123456" is no match)."""
+    refs = _references(refs)
+    found = _INTEGER.search(postprocess_pred(pred))
+    return float(found is not None and found.group() in refs)
+
+
+METRICS = {"all": string_match_all, "part": string_match_part, "number": first_integer_match}
 
 
 def score(doc: dict, pred: str) -> float:
@@ -168,11 +178,15 @@ def _record(sample: dict) -> dict[str, Any]:
     return rec
 
 
-def run(lm, tasks: list[dict | str], log_samples: bool = True, *, task_manager=None, limit: int | None = None) -> dict:
+def run(lm, tasks: list[dict | str], log_samples: bool = True, *, task_manager=None, limit: int | None = None,
+        use_cache: str | None = None) -> dict:
     """``lm_eval.simple_evaluate`` over ``tasks`` (inline configs; names need a ``task_manager`` that knows them).
 
     Returns ``{"tasks": {name: {"score": ..., "score_stderr": ..., "n": ...}}, "samples": {name: [record]}}``
-    (plus ``groups`` for group tasks); nothing is written to disk but ``datasets``' cache.
+    (plus ``groups`` for group tasks); nothing is written to disk but ``datasets``' cache and, with
+    ``use_cache`` (a path prefix; lm-eval appends ``_rank0.db``), the responses so far: the LM reports each
+    batch as it finishes, so a killed run resumes where it stopped. The cache is keyed by prompt only:
+    give every (model, data) its own path.
     """
     import lm_eval
     from lm_eval.tasks import TaskManager
@@ -183,7 +197,7 @@ def run(lm, tasks: list[dict | str], log_samples: bool = True, *, task_manager=N
     # inline configs need no task index: skip scanning lm-eval's thousands of bundled YAML files
     task_manager = task_manager or TaskManager(include_defaults=False)
     res = lm_eval.simple_evaluate(model=lm, tasks=list(tasks), task_manager=task_manager, log_samples=log_samples,
-                                  limit=limit)
+                                  limit=limit, use_cache=use_cache)
     out: dict[str, Any] = {"tasks": {n: _metrics(m) for n, m in res["results"].items()},
                            "samples": {n: sorted((_record(s) for s in ss), key=lambda r: r["doc_id"])
                                        for n, ss in res.get("samples", {}).items()}}

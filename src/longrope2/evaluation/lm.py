@@ -17,7 +17,7 @@ from lm_eval.api.model import TemplateLM
 
 from .. import progress
 from ..errors import LongRoPE2Error
-from ..generation import greedy_generate, switch_length
+from ..generation import batch_class, greedy_generate, padding_supported, switch_length
 
 # generation kwargs that only matter when sampling: harmless with greedy decoding
 SAMPLING_ONLY = frozenset({"do_sample", "temperature", "top_p", "top_k", "min_p", "typical_p"})
@@ -45,19 +45,34 @@ class LongContextLM(TemplateLM):
     """lm-eval ``LM`` over a loaded HF causal LM and its tokenizer (CPU fp32 or GPU bf16: the model's device).
 
     ``max_length`` is required: prompt + new tokens (or context + continuation) beyond it is an error, never a
-    truncation. ``generate_until`` batches prompts of identical token count only (``greedy_generate`` takes
-    unpadded rows; padding would move positions and, for longrope, the factor switch of the whole batch).
+    truncation. ``generate_until`` decodes the prompts longest first in left-padded batches of prompts that
+    share a :func:`~longrope2.generation.batch_class` (with a longrope factor switch: all within L0 to the end,
+    or all past it from the prefill on; a prompt that crosses L0 mid-generation only with prompts of its own
+    length), each row at its own positions, as exact as decoding it alone. ``draft_tokens`` (default 16; 0: off)
+    is greedy_generate's prompt-lookup drafting: up to that many guessed tokens (what followed the last few
+    tokens earlier in the prompt or output) are checked per forward, so text that repeats or copies from the
+    context takes fewer forwards; the tokens are the greedy ones either way.
     A text is one BOS plus its tokens, as the RULER generator counts prompts (for Llama tokenizers the same
     as HFLM); loglikelihood requests are split into context/continuation tokens as lm-eval's TemplateLM does.
     """
 
     def __init__(self, model, tokenizer, *, max_length: int, batch_size: int = 1, max_gen_toks: int = 256,
-                 logits_budget: int = 2**28):
+                 logits_budget: int = 2**28, truncate: str | None = None, draft_tokens: int = 16):
         super().__init__()
         for key, value in (("max_length", max_length), ("batch_size", batch_size), ("max_gen_toks", max_gen_toks),
                            ("logits_budget", logits_budget)):
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
                 raise LongRoPE2Error(f"LongContextLM {key}: must be a positive integer, got {value!r}")
+        if isinstance(draft_tokens, bool) or not isinstance(draft_tokens, int) or draft_tokens < 0:
+            raise LongRoPE2Error(f"LongContextLM draft_tokens: must be a non-negative integer, got {draft_tokens!r}")
+        # > 0: greedy_generate's prompt-lookup drafting (the same tokens, in fewer forwards when text repeats)
+        self.draft_tokens = draft_tokens
+        if truncate not in (None, "middle"):
+            raise LongRoPE2Error(f"LongContextLM truncate: must be None or 'middle', got {truncate!r}")
+        # "middle": a generation prompt that does not fit keeps its first and last halves (LongBench's
+        # pred.py protocol); None: it is an error (RULER data is sized to fit)
+        self.truncate = truncate
+        self.truncated = 0  # prompts cut in the middle so far
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.max_length = max_length
@@ -92,7 +107,8 @@ class LongContextLM(TemplateLM):
     def get_model_info(self) -> dict:
         """Merged by ``simple_evaluate`` into its ``config`` block."""
         return {"model_name": str(getattr(self.model.config, "_name_or_path", "")), "dtype": str(self.model.dtype),
-                "max_length": self.max_length, "batch_size": self.batch_size, "rope_switch_length": switch_length(self.model)}
+                "max_length": self.max_length, "batch_size": self.batch_size, "draft_tokens": self.draft_tokens,
+                "rope_switch_length": switch_length(self.model)}
 
     def tok_encode(self, string: str, add_special_tokens: bool | None = None, **kwargs) -> list[int]:
         """The text's tokens, after exactly one BOS (when the tokenizer has one) unless ``add_special_tokens``
@@ -122,7 +138,7 @@ class LongContextLM(TemplateLM):
     def _check_fit(self, req, index: int, n: int, what: str) -> None:
         if n > self.max_length:
             raise LongRoPE2Error(f"{_where(req, index)}: {what} = {n} tokens exceeds max_length {self.max_length} "
-                                 f"(LongContextLM never truncates)")
+                                 f"(LongContextLM truncates only generation prompts, and only with truncate='middle')")
 
     # ------------------------------------------------------------------ generation
 
@@ -149,38 +165,67 @@ class LongContextLM(TemplateLM):
         if isinstance(counted, int) and counted != len(ids):
             raise LongRoPE2Error(f"{_where(req, index)}: the data counts {counted} prompt tokens, this tokenizer gives "
                                  f"{len(ids)} (RULER data is per tokenizer: regenerate it for this model)")
+        keep = self.max_length - max_new
+        if self.truncate == "middle" and len(ids) > keep > 1:
+            head = keep // 2
+            ids = ids[:head] + ids[len(ids) - (keep - head):]
+            self.truncated += 1
         self._check_fit(req, index, len(ids) + max_new, f"prompt {len(ids)} + max_gen_toks {max_new}")
         return _Job(index, ids, max_new, until)
 
-    def _generate(self, prompts: list[list[int]], max_new_tokens: int, untils: list[list[str]]) -> list[list[int]]:
-        """New tokens for a batch of equal-length prompts (the override point for scripted test models)."""
-        ids = torch.tensor(prompts, dtype=torch.long)
+    def _stopper(self, untils: list[list[str]]):
+        """``stop`` for greedy_generate: rows whose text (up to eos) contains one of their stop strings.
+
+        Finishing a row early only saves steps (the text is cut at its stop string anyway), so each step
+        decodes just the last few tokens of each row, and only a hit there is confirmed on the whole text: a
+        stop string the tail misses (split across more tokens than the tail holds) costs steps, never text."""
+        found = [False] * len(untils)
+        tail = 8 + max((len(t) for until in untils for t in until), default=0)
+        eos = set(self.eos_ids)
 
         def stop(new: torch.Tensor) -> torch.Tensor:
-            return torch.tensor([any(t and t in self._text(row) for t in until)
-                                 for row, until in zip(new.tolist(), untils)])
+            for r, row in enumerate(new.tolist()):
+                if not found[r] and any(untils[r]):
+                    # the row's own last tokens: up to its first eos (rows behind others are filled with eos)
+                    end = next((i for i, t in enumerate(row) if t in eos), len(row))
+                    text = self.tokenizer.decode(row[max(0, end - tail):end], skip_special_tokens=True)
+                    if any(t and t in text for t in untils[r]):
+                        text = self._text(row)
+                        found[r] = any(t and t in text for t in untils[r])
+            return torch.tensor(found)
 
-        out = greedy_generate(self.model, ids, max_new_tokens, eos_token_id=self.eos_ids,
-                              stop=stop if any(untils) else None)
-        return out[:, ids.shape[1]:].tolist()
+        return stop
+
+    def _generate(self, prompts: list[list[int]], max_new_tokens: int, untils: list[list[str]]) -> list[list[int]]:
+        """New tokens for a batch of prompts of one batch_class (the override point for scripted test models)."""
+        out = greedy_generate(self.model, prompts, max_new_tokens, eos_token_id=self.eos_ids,
+                              stop=self._stopper(untils) if any(untils) else None, draft_tokens=self.draft_tokens)
+        return out[:, max(map(len, prompts)):].tolist()
+
+    def _batches(self, jobs: list[_Job]) -> list[list[_Job]]:
+        """Longest prompts first (as HFLM: running out of memory shows at once), in batches of up to
+        ``batch_size`` jobs with the same max_new and batch_class (one prompt length where the model's
+        cache cannot be padded)."""
+        l0, pad = switch_length(self.model), padding_supported(self.model)
+        groups: dict[tuple, list[_Job]] = defaultdict(list)
+        for job in sorted(jobs, key=lambda j: (-len(j.ids), -j.max_new, j.index)):
+            kind = batch_class(l0, len(job.ids), job.max_new) if pad else len(job.ids)
+            groups[(job.max_new, kind)].append(job)
+        batches = [group[s:s + self.batch_size] for group in groups.values()
+                   for s in range(0, len(group), self.batch_size)]
+        return sorted(batches, key=lambda b: (-len(b[0].ids), -b[0].max_new))  # stable: groups keep their order
 
     def generate_until(self, requests, disable_tqdm: bool = False) -> list[str]:
         """Greedy continuations in request order; every prompt is checked against ``max_length`` first."""
         jobs = [self._job(i, req) for i, req in enumerate(requests)]
-        groups: dict[tuple[int, int], list[_Job]] = defaultdict(list)
-        for job in jobs:
-            groups[(len(job.ids), job.max_new)].append(job)
         out: list[str | None] = [None] * len(jobs)
         with progress.bar(total=len(jobs), enabled=not disable_tqdm, desc="generate_until") as pbar:
-            for key in sorted(groups, reverse=True):  # longest first: running out of memory shows at once
-                group = groups[key]
-                for start in range(0, len(group), self.batch_size):
-                    batch = group[start:start + self.batch_size]
-                    new = self._generate([j.ids for j in batch], key[1], [j.until for j in batch])
-                    for job, tokens in zip(batch, new, strict=True):
-                        out[job.index] = self._cut(self._text(tokens), job.until)
-                        self.cache_hook.add_partial("generate_until", requests[job.index].args, out[job.index])
-                    pbar.update(len(batch))
+            for batch in self._batches(jobs):
+                new = self._generate([j.ids for j in batch], batch[0].max_new, [j.until for j in batch])
+                for job, tokens in zip(batch, new, strict=True):
+                    out[job.index] = self._cut(self._text(tokens), job.until)
+                    self.cache_hook.add_partial("generate_until", requests[job.index].args, out[job.index])
+                pbar.update(len(batch))
         return out
 
     # ------------------------------------------------------------------ teacher-forced scoring

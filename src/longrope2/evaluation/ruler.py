@@ -28,11 +28,12 @@ import random
 import re
 import string
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Sequence
 
 from ..errors import ConfigError
+from ..hub import hub_or_cache, hub_reachable
 
 # --------------------------------------------------------------------------------------------------
 # NVIDIA's wording (scripts/data/synthetic/constants.py) and task arguments (scripts/synthetic.yaml)
@@ -72,6 +73,15 @@ QA_TEMPLATE = (
     "documents. Only give me the answer and do not output any other words.\n\nQuestion: {query}"
 )
 QA_ANSWER_PREFIX = " Answer:"
+# The classic passkey test (Mohtashami & Jaggi, landmark-attention run_test.py; YaRN, LongLoRA and LongRoPE
+# copy it): one line with a random key in the grass/sky/sun noise, and the question as the answer prefix.
+PASSKEY_TEMPLATE = (
+    "There is an important info hidden inside a lot of irrelevant text. Find it and memorize them. I will quiz "
+    "you about the important information there.\n{context}\n"
+)
+PASSKEY_LINE = "The pass key is {key}. Remember it. {key} is the pass key."
+PASSKEY_ANSWER_PREFIX = "What is the pass key? The pass key is"
+PASSKEY_MAX = 50000  # K = randint(1, 50000)
 
 VT_HOPS = 4  # one chain of 5 variables
 VT_EXAMPLE_TOKENS = 500  # NVIDIA sizes its one-shot example to 500 tokens
@@ -120,6 +130,14 @@ TASKS: dict[str, Task] = {
     "qa_1": Task("qa", QA_TEMPLATE, QA_ANSWER_PREFIX, 32, metric="part", qa_dataset="squad"),
     "qa_2": Task("qa", QA_TEMPLATE, QA_ANSWER_PREFIX, 32, metric="part", qa_dataset="hotpotqa"),
 }
+
+#: Beyond RULER's 13: the needle heat map (niah_single_1's needle at fixed depths: pass ``depths`` to
+#: :func:`generate`) and the passkey test (scored by its first integer, as the original).
+EXTRA_TASKS: dict[str, Task] = {
+    "niah_depth": TASKS["niah_single_1"],
+    "passkey": Task("passkey", PASSKEY_TEMPLATE, PASSKEY_ANSWER_PREFIX, 16, metric="number", haystack="noise"),
+}
+ALL_TASKS: dict[str, Task] = {**TASKS, **EXTRA_TASKS}
 
 # The QA sets NVIDIA's download script fetches, and their Hugging Face Hub copies (name, config, split).
 QA_FILES = {
@@ -305,13 +323,13 @@ def _fit(problem: _Problem, budget: int, measure: Callable[[str], int]) -> tuple
     return None if best is None else (best[1], best[2])
 
 
-def _too_short(task: str, length: int, problem: _Problem, tokens: _Tokens) -> ConfigError:
+def _too_short(task: str, length: int, problem: _Problem, tokens: _Tokens, max_new: int) -> ConfigError:
     """The smallest haystack's need, rounded up with slack: keys and values are drawn anew at each length."""
-    need = tokens.prompt(problem.build(problem.lo).prompt) + TASKS[task].max_new_tokens
+    need = tokens.prompt(problem.build(problem.lo).prompt) + max_new
     suggest = ((need + 32) // 64 + 1) * 64
     return ConfigError(
         "evaluation.lengths",
-        f"{length} is too short for RULER task {task}: its shortest prompt plus {TASKS[task].max_new_tokens} "
+        f"{length} is too short for RULER task {task}: its shortest prompt plus {max_new} "
         f"generated tokens takes {need} tokens; use lengths of at least {suggest}",
     )
 
@@ -583,6 +601,21 @@ def _fwe_problem(spec: Task, tokens: _Tokens, rng: random.Random, depth: float, 
     return _Problem(build, lambda total: fixed + sum(c * t for c, t in zip(counts(total), word_tokens)), lo)
 
 
+def _passkey_problem(spec: Task, tokens: _Tokens, rng: random.Random, depth: float, length: int,
+                     essay: _Pieces | None) -> _Problem:
+    """The pass key line at ``depth`` between noise paragraphs; the search is over the noise sentences."""
+    key = str(rng.randint(1, PASSKEY_MAX))
+    inserts = [(depth, "\n" + PASSKEY_LINE.format(key=key))]
+    head, tail = _split(spec.template)
+    fixed = tokens.bos + sum(tokens.counts([head, tail + spec.answer_prefix, inserts[0][1]]))
+
+    def build(n: int) -> _Draft:
+        context, actual_depth = _place(tokens.noise.take(n), inserts, tokens.noise_paragraph)
+        return _Draft(head + context + tail, spec.answer_prefix, [key], actual_depth)
+
+    return _Problem(build, lambda n: fixed + tokens.noise.tokens(n), lo=0)
+
+
 def _qa_problem(record: dict, pool: Sequence[str], index_of: dict[str, int], tokens: _Tokens,
                 rng: random.Random) -> _Problem:
     """A question with its gold documents, then the other documents of its article (SQuAD) or its
@@ -612,23 +645,36 @@ _PROBLEMS = {
     "variable_tracking": _vt_problem,
     "common_words_extraction": _cwe_problem,
     "freq_words_extraction": _fwe_problem,
+    "passkey": _passkey_problem,
 }
 
 
 def generate(task: str, length: int, n: int, tokenizer, haystack: str, seed: int,
-             qa_data: list | None = None) -> list[dict]:
+             qa_data: list | None = None, depths: Sequence[float] | None = None,
+             max_new_tokens: int | None = None) -> list[dict]:
     """``n`` samples of one RULER task whose prompt (:func:`prompt_ids` of input + gen_prefix) plus
     ``max_new_tokens`` fits in ``length`` tokens, as close to it as the haystack's pieces allow.
 
     ``haystack``: plain text for the essay tasks (niah_single_2/3, multikey_1, multivalue, multiquery),
     repeated when too short. ``qa_data``: :func:`load_qa`'s records for qa_1/qa_2 (loaded from the Hub when
-    None). The same (task, length, seed) always gives the same samples.
+    None). ``depths``: the needle depth of each sample (then ``n`` is ``len(depths)``; the heat map's grid),
+    else ``n`` depths spread evenly over [0, 1]. ``max_new_tokens`` replaces NVIDIA's answer budget (windows
+    too small for it). The same (task, length, seed) always gives the same samples.
     """
-    if task not in TASKS:
-        raise ConfigError("evaluation.ruler.tasks", f"unknown RULER task {task!r}; allowed: {', '.join(TASKS)}")
+    if task not in ALL_TASKS:
+        raise ConfigError("evaluation.ruler.tasks", f"unknown RULER task {task!r}; allowed: {', '.join(ALL_TASKS)}")
     if isinstance(length, bool) or not isinstance(length, int) or length < 1:
         raise ConfigError("evaluation.lengths", f"must be positive integers (tokens), got {length!r}")
-    spec = TASKS[task]
+    spec = ALL_TASKS[task]
+    if max_new_tokens is not None:
+        if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
+            raise ConfigError("evaluation.ruler.max_new_tokens", f"must be positive integers, got {max_new_tokens!r}")
+        spec = replace(spec, max_new_tokens=max_new_tokens)
+    if depths is not None:
+        depths = [float(d) for d in depths]
+        if not depths or any(not 0.0 <= d <= 1.0 for d in depths) or spec.generator == "qa":
+            raise ConfigError("evaluation.niah.depths", f"needs depths in [0, 1] for a needle task, got {depths!r} for {task}")
+        n = len(depths)
     tokens = _tokens_for(tokenizer)
     budget = length - spec.max_new_tokens
     base = f"ruler/{task}/{length}/{seed}"
@@ -654,12 +700,12 @@ def generate(task: str, length: int, n: int, tokenizer, haystack: str, seed: int
             )
         essay = _Pieces(tokens, lambda i: " " + words[i % len(words)])
     samples = []
-    for index, depth in enumerate(_spread(n)):
+    for index, depth in enumerate(depths if depths is not None else _spread(n)):
         rng = random.Random(f"{base}/{index}")
         problem = _PROBLEMS[spec.generator](spec, tokens, rng, depth, length, essay)
         fitted = _fit(problem, budget, tokens.prompt)
         if fitted is None:
-            raise _too_short(task, length, problem, tokens)
+            raise _too_short(task, length, problem, tokens, spec.max_new_tokens)
         samples.append(record(index, *fitted))
     return samples
 
@@ -689,7 +735,7 @@ def _qa_samples(task: str, spec: Task, length: int, n: int, tokens: _Tokens, bud
                 yield fitted
                 break
         else:
-            raise _too_short(task, length, problem, tokens)
+            raise _too_short(task, length, problem, tokens, spec.max_new_tokens)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -756,6 +802,16 @@ def _hotpot_rows(rows) -> list[dict]:
     return [r for r in out if r]
 
 
+def tokenizer_fingerprint(tokenizer) -> str:
+    """A short hash of a tokenizer's vocabulary and special tokens: data sized with one tokenizer is only
+    valid for models that share it."""
+    import hashlib
+
+    vocab = sorted(tokenizer.get_vocab().items())
+    special = [tokenizer.bos_token_id, tokenizer.eos_token_id]
+    return hashlib.sha256(json.dumps([vocab, special], ensure_ascii=False).encode()).hexdigest()[:16]
+
+
 def load_qa(kind: str, path: str | None = None) -> list[dict]:
     """QA records ``{"question", "answers", "gold_docs", "related_docs"}`` of SQuAD v2 dev (answerable
     questions only) or HotpotQA dev distractor: from ``path`` (the JSON files NVIDIA's download script
@@ -778,9 +834,12 @@ def load_qa(kind: str, path: str | None = None) -> list[dict]:
         try:
             import datasets
 
-            rows = datasets.load_dataset(name, config, split=split)
+            with hub_or_cache():
+                rows = datasets.load_dataset(name, config, split=split)
         except Exception as e:  # offline, missing cache, network or auth: all end the same way for the user
             reason = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
+            if not hub_reachable(timeout=1.0):
+                reason = "the Hub is unreachable and the datasets cache holds no copy"
             raise ConfigError(
                 key,
                 f"no local file is set and the Hub copy {name} could not be loaded ({reason}); download "

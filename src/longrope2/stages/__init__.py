@@ -2,11 +2,11 @@
 the only ones it is given), add_arguments(parser) and run(cfg, out, args)."""
 
 from . import (baselines, corpus, critical_dims, evaluate, export, finetune, import_model, needles, pretrain,
-               retrieval, search, tables)
+               retrieval, ruler_data, ruler_eval, ruler_tables, search, suite_eval, tables)
 
 #: registration order is the order of ``longrope2 --help``
 STAGES = [critical_dims, corpus, import_model, pretrain, retrieval, needles, search, baselines, export,
-          finetune, evaluate, tables]
+          finetune, evaluate, ruler_data, ruler_eval, suite_eval, ruler_tables, tables]
 
 #: stage name -> the config keys it reads (what a rule's params hold)
 CONFIG_KEYS = {s.NAME: s.CONFIG_KEYS for s in STAGES}

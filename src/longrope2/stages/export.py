@@ -12,6 +12,8 @@ scaling (``RopeScaling.to_dict()``).
 
 Generating past L0 with a ``longrope`` checkpoint of a non-Phi-3 model: use
 ``longrope2.generation.greedy_generate`` (stock ``generate`` keeps short-rotated keys in its cache).
+A switching ``longrope`` export says so in ``model/README.md`` (``models.export_readme``), written
+into the staging folder with the rest of ``model/``; other exports get no README.
 """
 
 from __future__ import annotations
