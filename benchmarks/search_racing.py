@@ -1,8 +1,11 @@
 """Cost of the LongRoPE2 search with and without racing (successive halving), same seed and budget.
 
-Runs the paper protocol (every candidate on the full needle set) and the raced search on the scale
+Runs the full protocol (every candidate on the full needle set) and the raced search on the scale
 model's search set, then reports for each: final best fitness, sample-forwards and wall time in all,
-and the sample-forwards / wall time at which it first reached the paper protocol's final best fitness.
+the sample-forwards / wall time at which it first reached the full protocol's final best fitness, and
+its best candidate's needle-PPL on the search set and on the held-out set with 95% intervals. Goals:
+racing spends <= 25% of the full protocol's sample-forwards, and its best candidate's held-out PPL lies
+inside the full protocol's held-out interval.
 
     python benchmarks/search_racing.py --results results/scale --out benchmarks/runs/search_racing.json
 """
@@ -33,6 +36,7 @@ def main() -> None:
     import torch
 
     from longrope2 import config, models, rope
+    from longrope2.stages.search import ppl_interval
     from longrope2.checkpoints import GenerationLog
     from longrope2.needles import load_set
     from longrope2.scoring import Evaluator
@@ -43,6 +47,7 @@ def main() -> None:
     sc = cfg["search"]
     geom, target = rope.RopeGeometry.from_mapping(cfg["model"]["geometry"]), cfg["extension"]["target_length"]
     data = load_set(args.results / "needles" / "search_needle.npz")
+    heldout = load_set(args.results / "needles" / "heldout_needle.npz")
     model, _ = models.load_pretrained(args.results / "base_model" / "model")
     space = Space.longrope2(geom, target)
     base = SearchConfig(sc["population"], args.generations or sc["generations"], sc["parents"], sc["mutants"],
@@ -55,7 +60,11 @@ def main() -> None:
             fitness = Evaluator(model, data["input_ids"], data["labels"], sc["batch_tokens"])
             search = Search(space, fitness, scfg, cfg["experiment"]["seed"], GenerationLog(Path(tmp) / f"{name}.jsonl", name))
             best = search.run()
-            runs[name] = {"trace": search.trace, "best": best}
+            scaling = space.scaling(best)
+            check = Evaluator(model, heldout["input_ids"], heldout["labels"], sc["batch_tokens"])
+            runs[name] = {"trace": search.trace, "best": best,
+                          "search_set": ppl_interval(*fitness.per_sample(scaling), cfg["experiment"]["seed"]),
+                          "heldout": ppl_interval(*check.per_sample(scaling), cfg["experiment"]["seed"])}
     target_nll = runs["paper_protocol"]["trace"][-1]["best_nll"]
     result = {"samples": int(data["input_ids"].shape[0]), "length": int(data["input_ids"].shape[1]),
               "generations": base.generations, "race_samples": args.race_samples, "race_keep": args.race_keep}
@@ -67,7 +76,15 @@ def main() -> None:
             "candidates": t[-1]["evaluated"], "sample_forwards": t[-1]["sample_forwards"], "wall_s": t[-1]["wall_s"],
             "reached_paper_best_at": None if hit is None else {
                 "generation": hit["generation"], "sample_forwards": hit["sample_forwards"], "wall_s": hit["wall_s"]},
+            "best_search_set": r["search_set"], "best_heldout": r["heldout"],
         }
+    full, raced = result["paper_protocol"], result["racing"]
+    ref = full["best_heldout"]["ppl"]
+    result["goals"] = {
+        "sample_forward_ratio": raced["sample_forwards"] / full["sample_forwards"],
+        "ratio_at_most_0.25": raced["sample_forwards"] <= 0.25 * full["sample_forwards"],
+        "racing_heldout_inside_full_interval": ref["lo"] <= raced["best_heldout"]["ppl"]["estimate"] <= ref["hi"],
+    }
     emit(result, args.out)
 
 

@@ -16,6 +16,7 @@ try:
     from longrope2 import resources as lr2resources
     from longrope2.errors import ConfigError
     from longrope2.stages import CONFIG_KEYS
+    from longrope2.stages import ruler_data as lr2ruler_data
 except ImportError as e:
     raise WorkflowError(
         f"the longrope2 package is not importable ({e}); run `bash install.sh` and use .venv/bin/snakemake"
@@ -39,7 +40,7 @@ BASELINES = [m for m in TRAINING_FREE if m not in SEARCHED]
 FINETUNED = lr2methods.finetuned(config)
 EVAL_LENGTHS = lr2config.evaluation_lengths(config)
 SUITES = config["evaluation"]["suites"]
-# (task, length) data folders the RULER stage scores: RULER's tasks, the heat map's grid, passkey
+# tasks the RULER stage scores at every length: RULER's tasks, the heat map's grid, passkey
 EVAL_TASKS = (
     (config["evaluation"]["ruler"]["tasks"] if "ruler" in SUITES else [])
     + (["niah_depth"] if "niah" in SUITES else [])
@@ -153,9 +154,17 @@ RULER_DATA = RESULTS / "ruler_data"
 RULER_TABLES = RESULTS / "tables" / "ruler"
 
 
+def ruler_data_config(wildcards):
+    """ruler-data's config subset for one task: only the keys that task reads, so editing e.g.
+    evaluation.passkey.samples reruns the passkey job alone."""
+    return lr2config.subset_json(config, lr2ruler_data.config_keys(wildcards.task))
+
+
 def ruler_data_dirs():
-    """The ruler-data folders of every (task, length) the experiment evaluates."""
-    return [RULER_DATA / str(L) / t for L in EVAL_LENGTHS for t in EVAL_TASKS]
+    """The (task, length) data folders the RULER stage scores: ruler_data/<task>/<length>, every task at
+    every evaluation length (named one by one, so a length dropped from evaluation.lengths is not scored
+    even when its folder is still on disk)."""
+    return [RULER_DATA / t / str(L) for t in EVAL_TASKS for L in EVAL_LENGTHS]
 
 
 def ruler_data_files():

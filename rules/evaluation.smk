@@ -68,18 +68,27 @@ rule table_training_free:
 
 
 rule ruler_data:
-    """One RULER task (or the heat map's grid, or passkey) at one length, sized with the model's tokenizer."""
+    """One RULER task (or the heat map's grid, or passkey) at every evaluation length, sized with the model's
+    tokenizer: one job per task (tokenizer and haystack loaded once), given only the keys that task reads."""
     input:
         tokenizer=tokenizer(),
         corpus=CORPUS_FILES,
     output:
-        samples=RULER_DATA / "{length}" / "{task}" / "samples.jsonl",
-        task=RULER_DATA / "{length}" / "{task}" / "task.json",
-        manifest=RULER_DATA / "{length}" / "{task}" / "manifest.json",
+        samples=expand(
+            RULER_DATA / "{task}" / "{length}" / "samples.jsonl",
+            length=EVAL_LENGTHS,
+            allow_missing=True,
+        ),
+        task=expand(
+            RULER_DATA / "{task}" / "{length}" / "task.json",
+            length=EVAL_LENGTHS,
+            allow_missing=True,
+        ),
+        manifest=RULER_DATA / "{task}" / "manifest.json",
     log:
-        LOGS / "ruler_data_{length}_{task}.log",
+        LOGS / "ruler_data_{task}.log",
     benchmark:
-        BENCH / "ruler_data_{length}_{task}.tsv"
+        BENCH / "ruler_data_{task}.tsv"
     conda:
         "../envs/longrope2.yaml"
     threads: RES["ruler-data"]["threads"]
@@ -87,12 +96,13 @@ rule ruler_data:
         mem_mb=RES["ruler-data"]["mem_mb"],
         runtime=runtime("ruler-data"),
     params:
-        config=stage_config("ruler-data"),
+        config=ruler_data_config,
         corpus=CORPUS,
+        lengths=" ".join(str(L) for L in EVAL_LENGTHS),
         out=folder("manifest"),
     shell:
         "longrope2 ruler-data --config-json {params.config:q} --tokenizer {input.tokenizer:q} "
-        "--corpus {params.corpus:q} --task {wildcards.task} --length {wildcards.length} "
+        "--corpus {params.corpus:q} --task {wildcards.task} --lengths {params.lengths} "
         "--out {params.out:q} > {log:q} 2>&1"
 
 

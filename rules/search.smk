@@ -6,7 +6,7 @@ rule needles:
     output:
         meta=RESULTS / "needles" / "needles.json",
         search=expand(
-            RESULTS / "needles" / "search_{kind}.npz", kind=["needle", "plain"]
+            RESULTS / "needles" / "{split}_{kind}.npz", split=["search", "heldout"], kind=["needle", "plain"]
         ),
         manifest=RESULTS / "needles" / "manifest.json",
     log:

@@ -2,6 +2,8 @@
 names the file or field (and what is allowed), exit status 2, and no artifact left behind."""
 
 import json
+import tempfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,8 +15,22 @@ from longrope2.artifacts import StageRun
 
 from conftest import REPO
 
-DEFAULT = REPO / "config" / "config.yaml"
-GEOM = rope.RopeGeometry(head_dim=32, rope_base=10000.0, original_length=256)  # the default config's geometry
+GEOM = rope.RopeGeometry(head_dim=32, rope_base=10000.0, original_length=256)  # the tiny test model's geometry
+
+
+def pinned_default():
+    """The default config with the tiny test model's geometry (32-dim heads, 256 -> 1024)."""
+    cfg = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    cfg["model"]["geometry"].update(head_dim=GEOM.head_dim, rope_base=GEOM.rope_base, original_length=GEOM.original_length)
+    cfg["extension"]["target_length"] = 1024
+    cfg["pretrain"].pop("curriculum", None)
+    cfg["evaluation"]["ruler"].pop("samples_at", None)
+    path = Path(tempfile.mkdtemp(prefix="bad_inputs_config_")) / "config.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+DEFAULT = pinned_default()
 
 
 @pytest.fixture(scope="module")

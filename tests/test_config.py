@@ -55,7 +55,7 @@ def test_cli_bad_config_is_one_line_and_leaves_nothing(tmp_path):
 
 
 def test_later_files_override_earlier_ones(tmp_path):
-    cfg = load_with(tmp_path, {"extension": {"target_length": 2048}})
-    assert cfg["extension"]["target_length"] == 2048
-    assert cfg["model"]["geometry"]["original_length"] == 256  # untouched keys survive the merge
+    cfg = load_with(tmp_path, {"extension": {"target_length": 4096}})
+    assert cfg["extension"]["target_length"] == 4096
+    assert cfg["model"]["geometry"]["original_length"] == 512  # untouched keys survive the merge
     assert config.config_hash({"a": 1, "b": 2}) == config.config_hash({"b": 2, "a": 1})

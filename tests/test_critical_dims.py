@@ -48,3 +48,19 @@ def test_manifest_and_determinism(tmp_path):
     assert man["libraries"]["torch"].startswith("2.") and man["package"]["version"]
     assert not [p for p in out1.iterdir() if p.name.startswith(".")]  # no staging leftovers
     assert (out1 / "critical_dims.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_default_geometry_is_within_10_points_of_a_real_model(tmp_path):
+    """The scale model's pairs split like a real model's: below d10_tcd / search band / from d_tcd."""
+    from longrope2.stages.critical_dims import REAL_MODELS, closest_real_model, pair_split
+
+    assert pair_split(REAL_MODELS["Llama-3-8B"]) == {"below_d10_tcd": 37.5, "search_band": 17.2, "from_d_tcd": 45.3}
+    assert pair_split(REAL_MODELS["Phi-3-mini"]) == {"below_d10_tcd": 39.6, "search_band": 25.0, "from_d_tcd": 35.4}
+    out = tmp_path / "cd"
+    run_cli("critical-dims", "--config", str(REPO / "config" / "config.yaml"), "--out", str(out), "--no-figure")
+    result = json.loads((out / "critical_dims.json").read_text())
+    assert result["rotary_dim"] >= 64
+    assert result["pair_split"] == {"below_d10_tcd": 31.2, "search_band": 34.4, "from_d_tcd": 34.4}
+    assert result["closest_real_model"]["model"] == "Phi-3-mini"
+    assert result["closest_real_model"]["max_gap_points"] <= 10
+    assert closest_real_model(pair_split(REAL_MODELS["SmolLM2-135M"]))["max_gap_points"] == 0

@@ -59,9 +59,16 @@ def test_pretrain_writes_loadable_model_and_curve(tmp_path, micro_corpus):
     assert model.config.rope_parameters["rope_theta"] == 10000.0 and model.config.max_position_embeddings == 256
     assert len(tok) == model.config.vocab_size
     curve = (out / "pretrain_curve.csv").read_text().splitlines()
-    assert curve[0] == "step,wall_s,tokens,acc_single,acc_multi" and curve[-1].startswith("12,")
+    assert curve[0] == "step,wall_s,tokens,acc_single,acc_multi,ppl_L0" and curve[-1].startswith("12,")
     summary = json.loads((out / "pretrain.json").read_text())
     assert summary["steps"] == 12 and summary["tokens"] > 0
+    # needle-to-question distances seen in pretraining, next to the corpus's repeated-identifier distances
+    rows = (out / "distances.csv").read_text().splitlines()
+    assert rows[0] == "from,to,corpus,pretraining" and (out / "distances.png").stat().st_size > 0
+    shares = [list(map(float, r.split(",")[2:])) for r in rows[1:]]
+    assert abs(sum(c for c, _ in shares) - 1) < 1e-3 and abs(sum(p for _, p in shares) - 1) < 1e-3
+    d = summary["distances"]
+    assert d["pretraining"]["n"] == 12 * 4 and d["corpus"]["n"] > 1000 and d["corpus"]["median"] < 256
     assert not list((tmp_path / "ckpt").glob("step-*.pt"))  # removed after a completed run
 
 
@@ -94,3 +101,29 @@ def test_changed_config_never_resumes_an_old_checkpoint(tmp_path, micro_corpus):
     run_cli("pretrain", "--config", *changed, "--corpus", micro_corpus, "--out", fresh, "--checkpoint-dir", tmp_path / "c3")
     assert same_weights(fresh, tmp_path / "out")
     assert json.loads((tmp_path / "out" / "manifest.json").read_text())["config"]["pretrain"]["lr"] == 0.003
+
+
+def test_curriculum_option_that_cannot_fit_fails_before_training(tmp_path, micro_corpus):
+    """Four needles with four questions need ~290 tokens: refused up front, not at the step it starts."""
+    cfg = longer(tmp_path, 40, curriculum=[{"from_step": 0, "length": 192, "needles": 1},
+                                           {"from_step": 30, "length": 160, "needles": 4, "queries": 4}])
+    proc = run_cli("pretrain", "--config", *cfg, "--corpus", micro_corpus, "--out", tmp_path / "out",
+                   "--checkpoint-dir", tmp_path / "ck", check=False)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1
+    assert "pretrain.curriculum: option" in lines[0] and "'length': 160" in lines[0] and "cannot hold" in lines[0]
+    assert not (tmp_path / "out").exists() and not list((tmp_path / "ck").glob("step-*.pt"))
+
+
+def test_copy_batch_labels_only_the_second_copy(micro_corpus):
+    from transformers import AutoTokenizer
+
+    from longrope2.corpus import TokenizedCorpus
+    from longrope2.needles import NeedleBuilder
+    from longrope2.stages.pretrain import copy_batch
+
+    tok = AutoTokenizer.from_pretrained(micro_corpus / "tokenizer")
+    ids, lab = copy_batch(NeedleBuilder(TokenizedCorpus(micro_corpus, "train"), tok, seed=1), 129, 3)
+    assert ids.shape == lab.shape == (3, 129) and (ids[:, 0] == tok.bos_token_id).all()
+    torch.testing.assert_close(ids[:, 1:65], ids[:, 65:])
+    assert (lab[:, :66] == -100).all() and torch.equal(lab[:, 66:], ids[:, 66:])

@@ -62,8 +62,9 @@ def test_imported_config_json_wins_over_declared_size(tmp_path):
 
 def test_scale_model_size_from_its_architecture():
     size = resources.model_size(load(), None)
-    # 2048 x 128 tied embeddings + 4 layers x (4 x 128 x 128 attention + 3 x 128 x 384 MLP + 2 norms) + norm
-    assert size == resources.ModelSize(1_115_264, 4, 128, 2048)
+    # 2048 x 128 tied embeddings + 4 layers x (4 x 128 x 256 attention (4 heads of 64) + 3 x 128 x 384 MLP
+    # + 2 norms) + norm
+    assert size == resources.ModelSize(1_377_408, 4, 128, 2048)
 
 
 def test_real_model_without_size_is_a_one_line_error():
@@ -144,7 +145,7 @@ def test_default_scale_experiment_runs_on_cpu_with_todays_threads():
     assert not warned
     assert all(r["gpu"] == 0 for r in res.values())
     assert {s: res[s]["threads"] for s in resources.STAGES} == {
-        "critical-dims": 1, "corpus": 2, "import-model": 2, "pretrain": 1, "retrieval": 2, "needles": 1,
+        "critical-dims": 1, "corpus": 2, "import-model": 2, "pretrain": 2, "retrieval": 2, "needles": 1,
         "search": 2, "baseline": 1, "export": 1, "finetune": 1, "evaluate": 1, "ruler-data": 1, "ruler": 1,
         "suite": 1, "ruler-tables": 1, "tables": 1}
     # a 1.1M-parameter model: a few GB at most, and the time floor for all but pretraining (13 min measured)

@@ -228,3 +228,34 @@ def test_too_short_a_length_names_one_that_works(task, small_tokenizer, haystack
     suggested = int(re.search(r"at least (\d+)", str(e)).group(1))
     (sample,) = ruler.generate(task, suggested, 1, small_tokenizer, haystack, 0)
     assert sample["prompt_tokens"] + sample["max_new_tokens"] <= suggested
+
+
+def test_every_task_builds_from_its_own_config_keys(tmp_path, small_tokenizer, haystack):
+    """The ruler-data stage gives each task only ``config_keys(task)``: building every task at two lengths
+    from that subset alone reads no other key, and each length is marked (run or not) on its own."""
+    from conftest import REPO
+    from longrope2 import config as lr2config
+    from longrope2.stages import ruler_data
+
+    (tmp_path / "essays.txt").write_text(haystack)
+    (tmp_path / "squad.json").write_text(json.dumps(SQUAD))
+    (tmp_path / "hotpotqa.json").write_text(json.dumps(HOTPOTQA))
+    cfg = lr2config.load([REPO / "config/config.yaml"])
+    ev = cfg["evaluation"]
+    ev["ruler"].update(samples=1, haystack=str(tmp_path / "essays.txt"),
+                       qa_files={"squad": str(tmp_path / "squad.json"), "hotpotqa": str(tmp_path / "hotpotqa.json")})
+    ev["niah"].update(depths=2, samples=1)
+    ev["passkey"]["samples"] = 1
+    for task in ruler.ALL_TASKS:
+        sub = lr2config.subset(cfg, ruler_data.config_keys(task))
+        loaded = ruler_data.sources(sub, task, small_tokenizer, str(tmp_path / "no_corpus"))
+        for length in (128, 1024):
+            samples, info = ruler_data.build(sub, task, length, small_tokenizer, str(tmp_path / "no_corpus"), loaded)
+            assert (info["task"], info["length"], info["samples"]) == (task, length, len(samples))
+            assert (info["not_run"] is None) == bool(samples), (task, length, info["not_run"])
+        if task in ("vt", "niah_single_2"):  # too short at 128, run at 1024
+            assert "too short" in ruler_data.build(sub, task, 128, small_tokenizer, "", loaded)[1]["not_run"]
+    with pytest.raises(ConfigError, match=r"^evaluation.lengths: 2048 is above .* extension.target_length=1024$"):
+        ruler_data.check_lengths([512, 2048], 1024)
+    with pytest.raises(ConfigError, match=r"^--lengths: 512 given twice"):
+        ruler_data.check_lengths([512, 256, 512], 1024)

@@ -1,4 +1,4 @@
-"""The RULER stages: data per (task, length) through the CLI, scoring through lm-eval with an oracle and a
+"""The RULER stages: data per task (every length in one job) through the CLI, scoring through lm-eval with an oracle and a
 silent model, and the tables' intervals on hand-made scores."""
 
 import json
@@ -8,9 +8,10 @@ import pytest
 import yaml
 
 from conftest import REPO, run_cli
+from longrope2 import config as lr2config
 from longrope2.errors import ConfigError
 from longrope2.evaluation import ruler
-from longrope2.stages import ruler_eval, ruler_tables
+from longrope2.stages import ruler_data, ruler_eval, ruler_tables
 
 SQUAD = {"data": [{"title": "T", "paragraphs": [
     {"context": f"Paragraph {i}: the capital of land {i} is city {i}.",
@@ -28,20 +29,23 @@ def config(tmp_path_factory):
     return [REPO / "config/config.yaml", override]
 
 
-def data(config, tiny_corpus, out, task, length, *extra, check=True):
+def data(config, tiny_corpus, out, task, lengths, *extra, check=True):
+    """One ruler-data job: ``task`` at every one of ``lengths``, into the task folder ``out``."""
     return run_cli("ruler-data", "--config", *config, *extra, "--tokenizer", tiny_corpus / "tokenizer", "--corpus",
-                   tiny_corpus, "--task", task, "--length", length, "--out", out, check=check)
+                   tiny_corpus, "--task", task, "--lengths", *lengths, "--out", out, check=check)
+
+
+DATA = {"niah_single_2": [1024], "vt": [1024], "qa_1": [1024], "niah_depth": [1024], "passkey": [1024, 512],
+        "fwe": [256]}
 
 
 @pytest.fixture(scope="module")
 def data_dirs(config, tiny_corpus, tmp_path_factory):
+    """The (task, length) folders ruler_data/<task>/<length> of one job per task."""
     root = tmp_path_factory.mktemp("ruler_data")
-    dirs = []
-    for task, length in [("niah_single_2", 1024), ("vt", 1024), ("qa_1", 1024), ("niah_depth", 1024),
-                         ("passkey", 1024), ("passkey", 512), ("fwe", 256)]:
-        dirs.append(root / f"{length}" / task)
-        data(config, tiny_corpus, dirs[-1], task, length)
-    return dirs
+    for task, lengths in DATA.items():
+        data(config, tiny_corpus, root / task, task, lengths)
+    return [root / task / str(L) for task, lengths in DATA.items() for L in lengths]
 
 
 def test_data_stage_sizes_samples_and_marks_what_cannot_run(data_dirs, config, tiny_corpus, tmp_path):
@@ -53,17 +57,43 @@ def test_data_stage_sizes_samples_and_marks_what_cannot_run(data_dirs, config, t
     assert by[("niah_single_2", 1024)]["samples"] == 3 and "test split" in by[("niah_single_2", 1024)]["haystack"]
     assert by[("niah_depth", 1024)]["samples"] == 6 and by[("passkey", 512)]["samples"] == 4
     assert by[("fwe", 256)]["samples"] == 0 and "too short for RULER task fwe" in by[("fwe", 256)]["not_run"]
+    for task, lengths in DATA.items():  # one manifest per task, in the task folder, naming every length
+        manifest = json.loads((data_dirs[0].parent.parent / task / "manifest.json").read_text())
+        assert manifest["outputs"].keys() == {str(L) for L in lengths} and manifest["config"]["lengths"] == lengths
+        assert not (data_dirs[0].parent.parent / task / str(lengths[0]) / "manifest.json").exists()
+    # the --config files are cut to the keys of the task: passkey reads neither RULER's samples nor the QA files
+    manifest = json.loads((data_dirs[4].parent / "manifest.json").read_text())
+    assert manifest["config"]["evaluation"] == {"passkey": {"samples": 4}, "ruler": {"max_new_tokens": {"niah": 48}}}
+    # a task folder reads as its lengths, shortest first
+    assert [(i["task"], i["length"]) for i in ruler_eval.read_tasks([str(data_dirs[4].parent)])] == \
+        [("passkey", 512), ("passkey", 1024)]
+    with pytest.raises(ConfigError, match=r"^--data: passkey at 512 is given twice"):
+        ruler_eval.read_tasks([str(data_dirs[4].parent), str(data_dirs[5])])
+    # a (task, length) folder is checked against the task's manifest, as is the task folder
+    import shutil
+
+    from longrope2 import artifacts
+
+    artifacts.forget_verified()
+    artifacts.verify_inputs([data_dirs[5], data_dirs[4].parent])
+    shutil.copytree(data_dirs[4].parent, tmp_path / "passkey")
+    with open(tmp_path / "passkey/512/samples.jsonl", "a") as f:
+        f.write("\n")
+    for changed in (tmp_path / "passkey/512", tmp_path / "passkey"):
+        artifacts.forget_verified()
+        with pytest.raises(artifacts.InputError, match="changed or corrupt since its stage wrote it"):
+            artifacts.verify_inputs([changed])
+    artifacts.forget_verified()
     for d in data_dirs:
         docs = [json.loads(line) for line in (d / "samples.jsonl").read_text().splitlines()]
-        assert json.loads((d / "manifest.json").read_text())["outputs"].keys() == {"samples.jsonl", "task.json"}
         for doc in docs:  # fits its length with this tokenizer, and the answer is in the context
             assert len(ruler.prompt_ids(tok, doc["input"] + doc["gen_prefix"])) + doc["max_new_tokens"] <= doc["length"]
             assert all(o in doc["input"] for o in doc["outputs"])
     depths = sorted(json.loads(line)["depth"] for line in (data_dirs[3] / "samples.jsonl").read_text().splitlines())
     assert depths == pytest.approx([0, 0, 0.5, 0.5, 1, 1], abs=0.1)
-    # same seed and inputs: the same bytes
-    data(config, tiny_corpus, tmp_path / "again", "niah_single_2", 1024)
-    assert (tmp_path / "again/samples.jsonl").read_bytes() == (data_dirs[0] / "samples.jsonl").read_bytes()
+    # same seed and inputs: the same bytes, whatever other lengths the job also wrote
+    data(config, tiny_corpus, tmp_path / "again", "passkey", [1024])
+    assert (tmp_path / "again/1024/samples.jsonl").read_bytes() == (data_dirs[4] / "samples.jsonl").read_bytes()
 
 
 def test_qa_without_file_or_hub_is_not_run(config, tiny_corpus, tmp_path, monkeypatch):
@@ -71,33 +101,56 @@ def test_qa_without_file_or_hub_is_not_run(config, tiny_corpus, tmp_path, monkey
     no_file.write_text("evaluation:\n  ruler:\n    qa_files: {hotpotqa: null}\n")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
-    run_cli("ruler-data", "--config", *config, no_file, "--tokenizer", tiny_corpus / "tokenizer", "--corpus", tiny_corpus,
-            "--task", "qa_2", "--length", 1024, "--out", tmp_path / "qa_2")
-    info = json.loads((tmp_path / "qa_2/task.json").read_text())
-    assert info["samples"] == 0 and info["not_run"].startswith("evaluation.ruler.qa_files.hotpotqa: no local file")
+    data(config, tiny_corpus, tmp_path / "qa_2", "qa_2", [512, 1024], no_file)
+    for length in (512, 1024):  # marked per length
+        info = json.loads((tmp_path / f"qa_2/{length}/task.json").read_text())
+        assert (info["length"], info["samples"]) == (length, 0)
+        assert info["not_run"].startswith("evaluation.ruler.qa_files.hotpotqa: no local file")
+        assert (tmp_path / f"qa_2/{length}/samples.jsonl").read_text() == ""
 
 
-@pytest.mark.parametrize("override, task, length, message", [
-    ("", "niah_single_1", 4096, "evaluation.lengths: 4096 is above what any method supports; allowed: lengths up to "
-                                "extension.target_length=1024"),
-    ("evaluation:\n  ruler:\n    qa_files: {squad: /nonexistent/dev.json}\n", "qa_1", 1024,
+@pytest.mark.parametrize("override, task, lengths, message", [
+    ("", "niah_single_1", [1024, 4096], "evaluation.lengths: 4096 is above what any method supports; allowed: lengths "
+                                        "up to extension.target_length=1024"),
+    ("", "passkey", [512, 512], "--lengths: 512 given twice; allowed: distinct lengths"),
+    ("", "passkey", [0, 512], "--lengths: must be positive token counts, got 0"),
+    ("evaluation:\n  ruler:\n    qa_files: {squad: /nonexistent/dev.json}\n", "qa_1", [1024],
      "evaluation.ruler.qa_files.squad: /nonexistent/dev.json is not a file"),
-    ("evaluation:\n  ruler:\n    haystack: EMPTY\n", "niah_single_2", 1024, "evaluation.ruler.haystack: "),
+    ("evaluation:\n  ruler:\n    haystack: EMPTY\n", "niah_single_2", [1024], "evaluation.ruler.haystack: "),
 ])
-def test_bad_input_is_one_line_and_writes_nothing(config, tiny_corpus, tmp_path, override, task, length, message):
+def test_bad_input_is_one_line_and_writes_nothing(config, tiny_corpus, tmp_path, override, task, lengths, message):
     (tmp_path / "empty").mkdir()
     bad = tmp_path / "bad.yaml"
     bad.write_text(override.replace("EMPTY", str(tmp_path / "empty")))
-    proc = data(config, tiny_corpus, tmp_path / "out", task, length, check=False) if not override else \
-        run_cli("ruler-data", "--config", *config, bad, "--tokenizer", tiny_corpus / "tokenizer", "--corpus", tiny_corpus,
-                "--task", task, "--length", length, "--out", tmp_path / "out", check=False)
+    proc = data(config, tiny_corpus, tmp_path / "out", task, lengths, *([bad] if override else []), check=False)
     assert proc.returncode == 2 and message in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
 
 
 def test_unknown_task_lists_the_allowed_ones(config, tiny_corpus, tmp_path):
-    proc = data(config, tiny_corpus, tmp_path / "out", "niah_single_9", 1024, check=False)
+    proc = data(config, tiny_corpus, tmp_path / "out", "niah_single_9", [1024], check=False)
     assert proc.returncode == 2 and "niah_single_9" in proc.stderr and "passkey" in proc.stderr
+
+
+def test_each_task_is_given_only_the_keys_it_reads(tiny_corpus, tmp_path):
+    keys = {task: set(ruler_data.config_keys(task)) for task in ruler.ALL_TASKS}
+    always = {"experiment.seed", "extension.target_length", "evaluation.ruler.max_new_tokens"}
+    assert keys["passkey"] == always | {"evaluation.passkey.samples"}
+    assert keys["niah_single_1"] == always | {"evaluation.ruler.samples"}  # no essay haystack, no QA, no passkey
+    assert keys["niah_single_2"] == keys["niah_single_1"] | {"evaluation.ruler.haystack"}
+    assert keys["qa_1"] == keys["niah_single_1"] | {"evaluation.ruler.qa_files"}
+    assert keys["niah_depth"] == always | {"evaluation.niah.depths", "evaluation.niah.samples"}
+    assert set().union(*keys.values()) == set(ruler_data.CONFIG_KEYS)
+    # a subset holding a key the task does not read is refused, before any work
+    cfg = lr2config.load([REPO / "config/config.yaml"])
+    for task, extra in [("passkey", "evaluation.ruler.qa_files"), ("niah_single_1", "evaluation.passkey.samples")]:
+        subset = lr2config.subset_json(cfg, [*ruler_data.config_keys(task), extra])
+        proc = run_cli("ruler-data", "--config-json", subset, "--tokenizer", tiny_corpus / "tokenizer", "--corpus",
+                       tiny_corpus, "--task", task, "--lengths", 256, "--out", tmp_path / task, check=False)
+        assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+        assert "--config-json: holds keys this stage does not read; it reads: " + ", ".join(
+            ruler_data.config_keys(task)) in proc.stderr
+        assert not (tmp_path / task).exists()
 
 
 def test_oracle_scores_one_and_silence_zero_on_every_generated_task(data_dirs, tiny_corpus, tiny_llama):

@@ -26,9 +26,14 @@ class Synthetic:
 
     def __call__(self, scaling, n=None):
         n = self.n if n is None else min(n, self.n)
-        self.sample_forwards += n
+        nll, tok, _ = self.partial(scaling, 0, n)
+        return nll / tok, 0.0
+
+    def partial(self, scaling, start, stop):
+        """Summed 'NLL' of samples start:stop (one token each), as scoring.Evaluator.partial returns it."""
+        self.sample_forwards += stop - start
         d = float(np.mean((np.log(scaling.long_factor) - self.opt) ** 2))
-        return d + float(self.noise[:n].mean()), 0.0
+        return d * (stop - start) + float(self.noise[start:stop].sum()), stop - start, 0
 
 
 CFG = SearchConfig(population=12, generations=6, parents=6, mutants=5, crossovers=5, mutation_p=0.3, initial=16)
@@ -93,3 +98,32 @@ def test_racing_spends_fewer_sample_forwards(tmp_path):
     assert raced.fitness.sample_forwards < 0.65 * plain.fitness.sample_forwards
     # selection only ever keeps fully evaluated candidates
     assert all(raced.cache[c]["full"] for c in raced.population[: CFG.parents])
+    # a survivor's running sums over the rungs (2, 4, 8 samples) equal one pass over all samples
+    both = [c for c in raced.cache if raced.cache[c]["full"] and c in plain.cache]
+    assert both and all(raced.cache[c]["nll"] == pytest.approx(plain.cache[c]["nll"], abs=1e-12) for c in both)
+    forwards = Synthetic()
+    Search(space, forwards, raced_cfg, seed=3, log=GenerationLog(tmp_path / "again.jsonl", "test")).run()
+    assert forwards.sample_forwards == raced.fitness.sample_forwards  # seeded: the same work again
+
+
+def test_stratified_search_spreads_children_evenly_over_d_rcd(tmp_path):
+    """Every d_rcd in [d10_tcd, d_tcd] gets the same number of children (to within one), not a drift."""
+    from collections import Counter
+
+    space = Space.longrope2(GEOM, TARGET)
+    strata = space.strata
+    assert strata == list(range(5, 14))
+    cfg = SearchConfig(**{**CFG.__dict__, "generations": 9, "mutants": 5, "crossovers": 4})
+    s = Search(space, Synthetic(), cfg, seed=2, log=GenerationLog(tmp_path / "s.jsonl", "test"))
+    s.run()
+    children = Counter()
+    for rec in s.log.read()[1:]:
+        for d, genes, _ in rec["evaluated"]:
+            check(space, (d, tuple(genes)))
+        children.update(rec["proposed_d_rcd"])
+    assert children == Counter({d: 9 for d in strata})  # 81 children over 9 strata
+    drift = Search(space, Synthetic(), SearchConfig(**{**cfg.__dict__, "stratified": False}), seed=2,
+                   log=GenerationLog(tmp_path / "d.jsonl", "test"))
+    drift.run()
+    moved = Counter(d for rec in drift.log.read()[1:] for d in rec["proposed_d_rcd"])
+    assert max(moved.values()) - min(moved.get(d, 0) for d in strata) > 3  # drifting: some values hardly tried

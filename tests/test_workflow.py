@@ -117,6 +117,12 @@ def test_search_stage_outputs(micro_run):
         else:
             assert f["d_rcd"] == 0 and f["fitness"]["objective"] == "search_plain" and max(f["long_factor"]) <= 5.0
         assert (res / "search" / method / "trace.csv").read_text().startswith("generation,best_nll")
+        # the best candidate re-scored on the search set and on held-out (test-split) samples, with intervals
+        check = f["best_on_heldout"]
+        for part in ("search_set", "heldout"):
+            ppl = check[part]["ppl"]
+            assert check[part]["n"] == 2 and 1.0 <= ppl["lo"] <= ppl["estimate"] <= ppl["hi"]
+        assert isinstance(check["agree"], bool)
 
 
 def test_every_file_a_job_writes_is_declared(micro_run):
@@ -157,7 +163,7 @@ def job_counts(stdout: str) -> dict[str, int]:
 
 
 RULER = {"ruler_training_free": 6, "ruler_finetuned": 3, "table_ruler": 1}
-RULER_DATA = {"ruler_data": 14}  # 7 tasks (5 RULER, heat map, passkey) x 2 lengths
+RULER_DATA = {"ruler_data": 7}  # one job per task (5 RULER, heat map, passkey), both lengths in each
 AFTER_SEARCH = {"search": 2, "baseline": 2, "export": 4, "evaluate_training_free": 4, "table_training_free": 1,
                 "finetune": 2, "evaluate_finetuned": 2, "table_finetune": 1,
                 "ruler_training_free": 4, "ruler_finetuned": 2, "table_ruler": 1}
@@ -186,7 +192,8 @@ RERUNS = [
     ({"evaluation": {"batch_tokens": 4096}}, EVALUATIONS),
     ({"evaluation": {"batch_size": 2}}, RULER),
     ({"evaluation": {"effective_threshold": 50}}, {"table_ruler": 1}),
-    ({"evaluation": {"ruler": {"samples": 3}}}, {**RULER_DATA, **RULER}),
+    ({"evaluation": {"ruler": {"samples": 3}}}, {"ruler_data": 5, **RULER}),  # not the heat map's or passkey's
+    ({"evaluation": {"passkey": {"samples": 3}}}, {"ruler_data": 1, **RULER}),
     ({"search": {"generations": 2}}, AFTER_SEARCH),
     ({"needles": {"search_samples": 3}}, {"needles": 1, **AFTER_SEARCH}),
     ({"pretrain": {"lr": 0.003}}, {"pretrain": 1, **AFTER_MODEL}),

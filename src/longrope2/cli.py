@@ -1,10 +1,12 @@
 """``longrope2 <stage> (--config FILE [FILE ...] | --config-json JSON) --out DIR``: the command every
 Snakemake rule runs.
 
-Each stage declares the config keys it reads (``CONFIG_KEYS``) and is given exactly that subset. A rule
-passes the subset itself (``--config-json``, the same JSON its ``params`` hold, so Snakemake reruns a job
-exactly when a key it reads changes); by hand, ``--config`` takes the experiment's YAML files, later ones
-overriding earlier ones, and extracts the same subset.
+Each stage declares the config keys it reads (``CONFIG_KEYS``) and is given exactly that subset; a stage
+whose keys depend on its arguments (ruler-data: each task reads its own) also defines
+``config_keys_for(args)``, the subset of one invocation. A rule passes the subset itself (``--config-json``,
+the same JSON its ``params`` hold, so Snakemake reruns a job exactly when a key it reads changes); by hand,
+``--config`` takes the experiment's YAML files, later ones overriding earlier ones, and extracts the same
+subset.
 """
 
 from __future__ import annotations
@@ -39,10 +41,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def config_keys(args: argparse.Namespace) -> tuple[str, ...]:
+    """The config keys this invocation reads: the stage's ``config_keys_for(args)`` where it defines one
+    (keys that depend on its arguments), else its ``CONFIG_KEYS``."""
+    per_invocation = getattr(args._stage, "config_keys_for", None)
+    return tuple(per_invocation(args)) if per_invocation else args._stage.CONFIG_KEYS
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        cfg = cfgmod.stage_config(args._stage.CONFIG_KEYS, files=args.config, json_text=args.config_json)
+        cfg = cfgmod.stage_config(config_keys(args), files=args.config, json_text=args.config_json)
         artifacts.forget_verified()  # one stage run per call: never trust a hash from an earlier call
         artifacts.verify_inputs({name: getattr(args, name) for name in args._stage.INPUTS if getattr(args, name)})
         if args.threads:

@@ -51,6 +51,7 @@ class NeedleSample:
     answer_len: int
     value: str
     depths: tuple[float, ...]  # where the needles start, as a fraction of the haystack
+    distance: int = 0  # tokens between the end of the asked needle and the question (its evidence distance)
 
     @property
     def prompt(self) -> np.ndarray:
@@ -76,7 +77,9 @@ class NeedleBuilder:
         vocab = tokenizer.get_vocab()
         self.newline = np.zeros(max(vocab.values()) + 1, dtype=bool)
         for token, idx in vocab.items():
-            if tokenizer.convert_tokens_to_string([token]).endswith("\n"):
+            # byte-level BPE merges a newline with the next line's indentation ("\n    "): any token holding
+            # a newline ends a line, and the next token starts one
+            if "\n" in tokenizer.convert_tokens_to_string([token]):
                 self.newline[idx] = True
         self.preamble = self.encode(self.t["preamble"])
 
@@ -97,14 +100,26 @@ class NeedleBuilder:
             have += len(piece)
         return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
 
+    def longest(self, n_needles: int, queries: int = 1) -> int:
+        """The most tokens the fixed parts of a sample can take (BOS, preamble, needles, questions and
+        answers, with the longest keys): a length below it may fail for some draws of keys."""
+        def size(part: str, key: str) -> int:
+            return len(self.encode(self.t[part].format(key=key, value="0" * 7)))
+
+        needle = sorted((size("needle", k) for k in self.keys), reverse=True)[:n_needles]
+        qa = max(size("question", k) for k in self.keys) + size("answer", "")
+        return 1 + len(self.preamble) + sum(needle) + queries * qa
+
     def values(self) -> str:
         return "".join(self.rng.choice("0123456789") for _ in range(7))
 
     def sample(self, length: int, n_needles: int = 1, depths: Sequence[float] | None = None,
-               extra_queries: int = 0) -> NeedleSample:
+               extra_queries: int = 0, distances=None) -> NeedleSample:
         """One sample of exactly ``length`` tokens; the first needle is the one asked about.
 
-        ``depths`` (fractions in [0, 1]) fix where the needles go; random otherwise. ``extra_queries``
+        ``depths`` (fractions in [0, 1]) fix where the needles go; ``distances`` (a
+        :class:`~longrope2.distances.DistanceSampler`) draws each needle's distance in haystack tokens
+        back from the question instead; uniform line boundaries otherwise. ``extra_queries``
         appends further question/answer pairs about other needles *before* the final question (used by
         the scale model's retrieval training: more supervised answers per sequence).
         """
@@ -123,14 +138,20 @@ class NeedleBuilder:
         hay = self.haystack(n_hay)
         bounds = np.concatenate([[0], np.flatnonzero(self.newline[hay]) + 1])
         bounds = bounds[bounds <= len(hay)]
-        if depths is None:
+        if distances is not None:
+            # the line boundary nearest to the drawn distance back from the end of the haystack
+            cuts = [int(bounds[np.abs(bounds - (len(hay) - distances.draw(r, len(hay)))).argmin()]) for _ in needles]
+        elif depths is None:
             cuts = [int(r.choice(bounds.tolist())) for _ in needles]
         else:
             # nearest line boundary at or after each requested depth
             cuts = [int(bounds[min(np.searchsorted(bounds, d * len(hay)), len(bounds) - 1)]) for d in depths]
-        pieces, labels, last = [[self.bos], self.preamble], [], 0
-        for cut, nd in sorted(zip(cuts, needles), key=lambda x: x[0]):
+        pieces, labels, last, at, asked = [[self.bos], self.preamble], [], 0, 1 + len(self.preamble), 0
+        for j, (cut, nd) in sorted(enumerate(zip(cuts, needles)), key=lambda x: x[1][0]):
+            at += cut - last
             pieces += [hay[last:cut], nd]
+            at += len(nd)
+            asked = at if j == 0 else asked
             last = cut
         pieces.append(hay[last:])
         body = np.concatenate([np.asarray(p, dtype=np.int64) for p in pieces])
@@ -141,7 +162,7 @@ class NeedleBuilder:
         input_ids, labels = np.concatenate(ids), np.concatenate(lab)
         assert len(input_ids) == length, (len(input_ids), length)
         denom = max(len(hay), 1)
-        return NeedleSample(input_ids, labels, len(qa[-1][1]), vals[0], tuple(c / denom for c in cuts))
+        return NeedleSample(input_ids, labels, len(qa[-1][1]), vals[0], tuple(c / denom for c in cuts), len(body) - asked)
 
 
 # --------------------------------------------------------------------------------------------------

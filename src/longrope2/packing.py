@@ -7,8 +7,9 @@
   documents when one is shorter than the row), positions 0..L-1, full causal attention over the row.
 
 With ``needle_fraction > 0`` a packed document is, with that probability, a RULER-style needle sample
-of the same length (labels on its answer only) instead of plain text: the scale model was pre-trained
-on such samples only, and fine-tuning it on plain text alone would train a different task.
+of the same length instead of plain text, so fine-tuning keeps the retrieval the scale model was
+pre-trained on. Every token but a document's BOS is supervised (LM loss), needle samples included,
+so short and long rows carry the same kind of supervision.
 
 Row ``i`` is a pure function of ``(seed, i)``: the data position of a resumed run is just its step, and
 DDP ranks take disjoint row indices.
@@ -58,14 +59,13 @@ class Packer:
         ids, pos, lab = (np.empty(L, np.int64) for _ in range(3))
         filled = 0
         while filled < L:
-            filler = False
             if self.spec.needle_fraction and rng.random() < self.spec.needle_fraction:
                 n = self._needle_document(rng, L - filled if is_long else min(L - filled, self.spec.original_length),
                                           is_long, filled, ids, pos, lab)
                 if n:
                     filled += n
                     continue
-                filler = True  # too little room left for a needle sample: unlabelled text fills it
+                # too little room left for a needle sample: text fills it
             if is_long:
                 doc = self.c[int(rng.choice(self.long_docs))]
                 take = min(L - filled - 1, len(doc))
@@ -84,8 +84,6 @@ class Packer:
             lab[filled : filled + n] = ids[filled : filled + n]
             if not is_long or filled > 0:
                 lab[filled] = IGNORE_INDEX  # never predict a document's BOS from the previous document
-            if filler:
-                lab[filled : filled + n] = IGNORE_INDEX
             filled += n
         return {"input_ids": ids, "position_ids": pos, "labels": lab, "is_long": np.bool_(is_long)}
 
@@ -100,7 +98,8 @@ class Packer:
             return 0
         ids[at : at + n] = sample.input_ids
         pos[at : at + n] = np.arange(at, at + n) if is_long else np.arange(n)
-        lab[at : at + n] = sample.labels
+        lab[at : at + n] = sample.input_ids
+        lab[at] = IGNORE_INDEX  # its BOS
         return n
 
     def batch(self, indices) -> dict[str, torch.Tensor]:

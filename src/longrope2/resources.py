@@ -57,8 +57,8 @@ ALIASES = {"critical_dims": "critical-dims", "import_model": "import-model", "ev
            "ruler_data": "ruler-data", "ruler_training_free": "ruler", "ruler_finetuned": "ruler", "table_ruler": "ruler-tables",
            "suite_training_free": "suite", "suite_finetuned": "suite",
            "table_training_free": "tables", "table_finetune": "tables", "table": "tables"}
-#: threads of CPU jobs (the scale model's stages measured fastest with these on 2 cores)
-CPU_THREADS = {"corpus": 2, "import-model": 2, "pretrain": 1, "retrieval": 2, "search": 2, "finetune": 1,
+#: threads of CPU jobs (the scale model's stages measured fastest with these on 2 cores; pretraining runs alone)
+CPU_THREADS = {"corpus": 2, "import-model": 2, "pretrain": 2, "retrieval": 2, "search": 2, "finetune": 1,
                "evaluate": 1, "ruler": 1, "ruler-data": 1}
 RULER_NEW_TOKENS = 128  #: the longest answer budget of RULER's tasks (NIAH)
 
@@ -185,10 +185,13 @@ def ruler_workload(cfg: Mapping) -> list[tuple[int, int]]:
 
     ev = cfg["evaluation"]
     suites = set(ev["suites"])
-    per_length = (len(ev["ruler"]["tasks"]) * ev["ruler"]["samples"] if "ruler" in suites else 0) \
-        + (ev["niah"]["depths"] * ev["niah"]["samples"] if "niah" in suites else 0) \
-        + (ev["passkey"]["samples"] if "passkey" in suites else 0)
-    return [(L, per_length) for L in evaluation_lengths(cfg)]
+    def per_length(L: int) -> int:
+        n = next((a["samples"] for a in ev["ruler"].get("samples_at", []) if a["length"] == L), ev["ruler"]["samples"])
+        return (len(ev["ruler"]["tasks"]) * n if "ruler" in suites else 0) \
+            + (ev["niah"]["depths"] * ev["niah"]["samples"] if "niah" in suites else 0) \
+            + (ev["passkey"]["samples"] if "passkey" in suites else 0)
+
+    return [(L, per_length(L)) for L in evaluation_lengths(cfg)]
 
 
 def generation_flops(size: ModelSize, length: int, new_tokens: int) -> float:
@@ -355,9 +358,11 @@ def stage_resources(stage: str, cfg: Mapping, size: ModelSize) -> dict:
         seconds = max(lb, mmlu) / _flop_rate(gpu) + 4.0 * n / READ_BYTES_S + 60.0
         mem = (GPU_BASE_MB * 2**20 + 2.0 * n * HOST_OVERHEAD) if gpu else \
             BASE_MB * 2**20 + 4.0 * n * HOST_OVERHEAD + forward_act_bytes(cfg, size, window, window, cpu=True)
-    elif stage == "ruler-data":  # tokenizing prompts: one task at one length
-        mem = BASE_MB * 2**20 + 64.0 * max(L for L, _ in ruler_workload(cfg)) * 64
-        seconds = 60.0
+    elif stage == "ruler-data":  # tokenizing prompts: one task at every evaluation length
+        lengths = [L for L, _ in ruler_workload(cfg)]
+        mem = BASE_MB * 2**20 + 64.0 * max(lengths) * 64
+        # NVIDIA's haystack search tokenizes a few prompts per sample: ~1 s per 100k tokens of prompts
+        seconds = 60.0 + sum(L * cfg["evaluation"]["ruler"]["samples"] for L in lengths) / 1e5
     elif stage == "finetune":
         ft = cfg["finetune"]
         ckpt = ft.get("gradient_checkpointing", True)

@@ -769,17 +769,18 @@ class RowwiseRotary(torch.nn.Module):
 
     Row r uses the long factors iff ``max(position_ids[r]) + 1 > L0`` -- the rule transformers applies to
     a whole forward at inference -- so short rows (documents <= L0, positions restarting per document)
-    keep the original RoPE and long rows get the searched factors. Same call signature as a
+    keep the original RoPE and long rows get the searched factors. ``always_long`` gives every row the
+    long factors (the long-only ablation: same rows, only the RoPE differs). Same call signature as a
     transformers rotary module: ``cos, sin = rot(x, position_ids)``.
     """
 
-    def __init__(self, scaling: RopeScaling, device=None):
+    def __init__(self, scaling: RopeScaling, device=None, always_long: bool = False):
         super().__init__()
         geom = scaling.geometry
         self.register_buffer("short_inv_freq", inv_freq(geom, scaling.short_factor, device), persistent=False)
         self.register_buffer("long_inv_freq", inv_freq(geom, scaling.long_factor, device), persistent=False)
         self.attention_scaling = float(scaling.attention_factor)
-        self.original_length = geom.original_length
+        self.original_length = 0 if always_long else geom.original_length
 
     def forward(self, x, position_ids, **_):
         long_row = (position_ids.max(dim=-1).values + 1 > self.original_length)[:, None]

@@ -102,15 +102,37 @@ class Evaluator:
         rope.apply_scaling(self.model, scaling)
         return self.score_installed(n)
 
+    def per_sample(self, scaling: rope.RopeScaling | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(mean NLL of each sample's labelled tokens, each sample's exact match) on the whole set, under
+        ``scaling`` or the installed RoPE; for intervals, not counted as search work."""
+        if scaling is not None:
+            rope.apply_scaling(self.model, scaling)
+        nll, hit = [], []
+        for i in range(0, len(self), self.batch):
+            sc = score(self.model, self.ids[i : i + self.batch].to(self.device), self.labels[i : i + self.batch].to(self.device))
+            nll += sc.nll.tolist()
+            hit += sc.all_correct.tolist()
+        return np.asarray(nll), np.asarray(hit, dtype=bool)
+
     def score_installed(self, n: int | None = None) -> tuple[float, float]:
         """The same, under whatever RoPE the model has now (e.g. a fine-tuned export's own config)."""
         n = len(self) if n is None else min(n, len(self))
+        nll_sum, n_tok, hits = self._sums(0, n)
+        return nll_sum / max(n_tok, 1), hits / n
+
+    def partial(self, scaling: rope.RopeScaling, start: int, stop: int) -> tuple[float, int, int]:
+        """(summed NLL, labelled tokens, exact matches) of samples ``start:stop``: racing adds samples to
+        a candidate's running sums instead of re-scoring the ones it has already seen."""
+        rope.apply_scaling(self.model, scaling)
+        return self._sums(start, min(stop, len(self)))
+
+    def _sums(self, start: int, stop: int) -> tuple[float, int, int]:
         nll_sum, n_tok, hits = 0.0, 0, 0
-        for i in range(0, n, self.batch):
-            j = min(i + self.batch, n)
+        for i in range(start, stop, self.batch):
+            j = min(i + self.batch, stop)
             sc = score(self.model, self.ids[i:j].to(self.device), self.labels[i:j].to(self.device))
             nll_sum += float(sc.nll_sum.sum())
             n_tok += int(sc.n_tokens.sum())
             hits += int(sc.all_correct.sum())
-        self.sample_forwards += n
-        return nll_sum / max(n_tok, 1), hits / n
+        self.sample_forwards += max(stop - start, 0)
+        return nll_sum, n_tok, hits

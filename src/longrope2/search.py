@@ -7,7 +7,8 @@ anchored at the first gene and ``d_rcd`` is searched in ``[d10_tcd, d_tcd]``; in
 
 The model is loaded once; :class:`scoring.Evaluator` swaps the rotary factors per candidate through the RoPE
 core and scores only labelled positions. Racing (successive halving) scores every new candidate on the
-first few samples and spends the full set only on the promising ones.
+first few samples and doubles the samples for the best fraction of the survivors until the last ones
+are scored on the full set (successive halving), so most of the work goes to the promising candidates.
 """
 
 from __future__ import annotations
@@ -79,6 +80,21 @@ class Space:
     def make(self, d: int, genes: Iterable[float]) -> Candidate:
         return int(d), tuple(float(round(g, 6)) for g in self.snap(np.asarray(list(genes))))
 
+    @property
+    def strata(self) -> list[int]:
+        """The d_rcd values the search explores (one, 0, in the all-pairs space)."""
+        return list(range(self.rcd_range[0], self.rcd_range[1] + 1))
+
+    def move(self, cand: Candidate, d: int, rng: np.random.Generator) -> Candidate:
+        """The candidate with d_rcd set to ``d``: genes dropped from, or drawn (monotone) in front of, its
+        searched pairs; the pairs it keeps searching keep their factors."""
+        d0, genes = cand[0], np.array(cand[1])
+        if d < d0:
+            genes = np.concatenate([np.sort(rng.uniform(self.lo, genes[0], d0 - d)), genes])
+        elif d > d0:
+            genes = genes[d - d0 :]
+        return self.make(d, genes)
+
 
 # --------------------------------------------------------------------------------------------------
 # Operators (paper Alg. 1-2)
@@ -100,11 +116,11 @@ def initial_population(space: Space, size: int, rng: np.random.Generator, seeds:
     return list(dict.fromkeys(pop))[:size]
 
 
-def mutate(space: Space, cand: Candidate, p: float, rng: np.random.Generator) -> Candidate:
+def mutate(space: Space, cand: Candidate, p: float, rng: np.random.Generator, move_rcd: bool = True) -> Candidate:
     """Each gene is resampled with probability p between its neighbours (keeps monotonicity); in the
-    LongRoPE2 space d_rcd moves by one pair with probability p."""
+    LongRoPE2 space d_rcd moves by one pair with probability p (unless ``move_rcd`` is off)."""
     d, genes = cand[0], np.array(cand[1])
-    if space.ntk_below and rng.random() < p:
+    if space.ntk_below and move_rcd and rng.random() < p:
         nd = int(np.clip(d + rng.choice([-1, 1]), *space.rcd_range))
         if nd < d:
             genes = np.concatenate([[rng.uniform(space.lo, genes[0])], genes])
@@ -145,6 +161,7 @@ class SearchConfig:
     racing: bool = False
     race_samples: int = 4
     race_keep: float = 0.5
+    stratified: bool = True  # children spread evenly over d_rcd (round robin) instead of drifting one pair at a time
 
 
 class Search:
@@ -183,7 +200,7 @@ class Search:
         self.fitness.sample_forwards = last["trace"]["sample_forwards"]
         self.wall = self.resumed_wall = last["trace"]["wall_s"]
 
-    def _log(self, evaluated: list[Candidate]) -> None:
+    def _log(self, evaluated: list[Candidate], proposed: list[Candidate] = ()) -> None:
         ranked = sorted(self.population, key=self._key)
         fits = [self.cache[c]["nll"] for c in ranked if self.cache[c]["full"]]
         trace = {
@@ -200,6 +217,7 @@ class Search:
             "generation": self.generation,
             "population": [[d, list(g)] for d, g in self.population],
             "evaluated": [[d, list(g), self.cache[(d, g)]] for d, g in evaluated],
+            "proposed_d_rcd": [d for d, _ in proposed],  # every child's d_rcd, duplicates included
             "rng_state": self.rng.bit_generator.state,
             "trace": trace,
         }
@@ -210,16 +228,22 @@ class Search:
     def _evaluate(self, cands: list[Candidate]) -> list[Candidate]:
         new = [c for c in dict.fromkeys(cands) if c not in self.cache]
         t0 = time.perf_counter()
+        full = len(self.fitness)
         if self.cfg.racing and len(new) > 1:
-            part = {c: self.fitness(self.space.scaling(c), self.cfg.race_samples) for c in new}
-            order = sorted(new, key=lambda c: part[c][0])
-            keep = set(order[: max(1, math.ceil(self.cfg.race_keep * len(new)))])
-            for c in new:
-                if c in keep:
-                    nll, acc = self.fitness(self.space.scaling(c))
-                    self.cache[c] = {"nll": nll, "acc": acc, "full": True}
-                else:
-                    self.cache[c] = {"nll": part[c][0], "acc": part[c][1], "full": False}
+            # successive halving: every new candidate on the first race_samples samples, then the best
+            # race_keep of the survivors on twice as many, ... until the survivors are scored on all
+            # (each rung adds samples to a survivor's running sums: nothing is scored twice)
+            alive, seen, n = list(new), 0, min(self.cfg.race_samples, full)
+            sums = {c: [0.0, 0, 0] for c in new}
+            while True:
+                for c in alive:
+                    part = self.fitness.partial(self.space.scaling(c), seen, n)
+                    sums[c] = [a + b for a, b in zip(sums[c], part)]
+                    self.cache[c] = {"nll": sums[c][0] / max(sums[c][1], 1), "acc": sums[c][2] / n, "full": n >= full}
+                if n >= full:
+                    break
+                alive = sorted(alive, key=lambda c: self.cache[c]["nll"])[: max(1, math.ceil(self.cfg.race_keep * len(alive)))]
+                seen, n = n, min(2 * n, full)
         else:
             for c in new:
                 nll, acc = self.fitness(self.space.scaling(c))
@@ -237,18 +261,28 @@ class Search:
             self.population = sorted(init, key=self._key)[: c.population]
             self.generation = 0
             self._log(evaluated)
+        strata = self.space.strata
         while self.generation < c.generations:
             parents = sorted(self.population, key=self._key)[: c.parents]
-            children = [mutate(self.space, parents[int(self.rng.integers(len(parents)))], c.mutation_p, self.rng)
-                        for _ in range(c.mutants)]
+            stratify = c.stratified and len(strata) > 1
+            # round robin over d_rcd, continued across generations, so every value gets the same number of children
+            slot = iter(strata[(self.generation * (c.mutants + c.crossovers) + k) % len(strata)]
+                        for k in range(c.mutants + c.crossovers))
+
+            def place(child: Candidate) -> Candidate:
+                return self.space.move(child, next(slot), self.rng) if stratify else child
+
+            children = [mutate(self.space, place(parents[int(self.rng.integers(len(parents)))]), c.mutation_p, self.rng,
+                               move_rcd=not stratify) for _ in range(c.mutants)]
             for _ in range(c.crossovers):
                 i, j = self.rng.choice(len(parents), size=2, replace=len(parents) < 2)
-                children.append(mutate(self.space, crossover(self.space, parents[i], parents[j], self.rng), c.mutation_p / 3, self.rng))
+                children.append(mutate(self.space, place(crossover(self.space, parents[i], parents[j], self.rng)),
+                                       c.mutation_p / 3, self.rng, move_rcd=not stratify))
             evaluated = self._evaluate(children)
             pool = list(dict.fromkeys(self.population + children))
             self.population = sorted(pool, key=self._key)[: c.population]
             self.generation += 1
-            self._log(evaluated)
+            self._log(evaluated, children)
         return self.best
 
     @property

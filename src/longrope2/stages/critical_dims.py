@@ -28,6 +28,30 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-figure", action="store_true", help="skip the figure (JSON only)")
 
 
+#: geometries of real models, for the share of pairs below d10_tcd / in [d10_tcd, d_tcd) / at or above d_tcd
+REAL_MODELS = {
+    "Llama-3-8B": rope.RopeGeometry(head_dim=128, rope_base=500000.0, original_length=8192),
+    "Phi-3-mini": rope.RopeGeometry(head_dim=96, rope_base=10000.0, original_length=2048),
+    "SmolLM2-135M": rope.RopeGeometry(head_dim=64, rope_base=100000.0, original_length=8192),
+}
+
+
+def pair_split(geom: rope.RopeGeometry) -> dict[str, float]:
+    """Percent of rotary pairs fully trained (< d10_tcd), in the d_rcd search band, and beyond d_tcd."""
+    d10, d = rope.critical_dim_10(geom), rope.critical_dim(geom)
+    n = geom.n_pairs
+    return {"below_d10_tcd": round(100 * d10 / n, 1), "search_band": round(100 * (d - d10) / n, 1),
+            "from_d_tcd": round(100 * (n - d) / n, 1)}
+
+
+def closest_real_model(split: dict[str, float]) -> dict[str, Any]:
+    """The real model whose split is nearest (largest per-share difference, in points)."""
+    gaps = {name: max(abs(split[k] - v) for k, v in pair_split(g).items()) for name, g in REAL_MODELS.items()}
+    name = min(gaps, key=gaps.get)
+    return {"model": name, "max_gap_points": round(gaps[name], 1), "split": pair_split(REAL_MODELS[name]),
+            "all": {m: {"split": pair_split(g), "max_gap_points": round(gaps[m], 1)} for m, g in REAL_MODELS.items()}}
+
+
 def analyse(geom: rope.RopeGeometry, target: int) -> dict[str, Any]:
     """All numbers of stage 1 as a JSON-able dict."""
     d_tcd, d10 = rope.critical_dim(geom), rope.critical_dim_10(geom)
@@ -62,6 +86,8 @@ def analyse(geom: rope.RopeGeometry, target: int) -> dict[str, Any]:
         "target_length": target,
         "scale": s,
         "ood_bound": f"lambda_i >= {s:g} for i >= {d_tcd}",
+        "pair_split": pair_split(geom),
+        "closest_real_model": closest_real_model(pair_split(geom)),
         "attention_factor": {m: sc.attention_factor for m, sc in methods.items()},
         "ntk_base": methods["ntk"].extra["new_base"],
         "ntk_static_base": methods["ntk_static"].extra["new_base"],
@@ -109,7 +135,10 @@ def run(cfg: dict, out: str, args: argparse.Namespace) -> None:
         run_.write_json("critical_dims.json", result)
         if not args.no_figure:
             plot(result, run_.path("critical_dims.png"), cfg["critical_dims"]["figure_dpi"])
+    sp, near = result["pair_split"], result["closest_real_model"]
     print(
+        f"pairs below d10_tcd / band / from d_tcd: {sp['below_d10_tcd']:g}/{sp['search_band']:g}/{sp['from_d_tcd']:g}% "
+        f"(closest real model {near['model']}, {near['max_gap_points']:g} points)\n"
         f"d_tcd={result['d_tcd']} d10_tcd={result['d10_tcd']} rotary_dim={result['rotary_dim']} "
         f"s={result['scale']:g} ntk_base={result['ntk_base']:.4g} -> {out}"
     )

@@ -2,8 +2,9 @@
 
 Rows of the target length come from :mod:`longrope2.packing`: short rows (documents <= L0, original
 RoPE, per-document attention) and long rows (rescaled RoPE, full attention); each row picks its RoPE by
-``max(position_ids)+1 > L0`` through :class:`rope.RowwiseRotary`. ``--no-mixed`` is the paper's
-ablation: every row long, long factors, no per-document masking.
+``max(position_ids)+1 > L0`` through :class:`rope.RowwiseRotary`. Every token is supervised (LM loss)
+in both row types. ``--no-mixed`` is the paper's ablation, made fair: exactly the same rows and tokens
+as the mixed run, only every row uses the long factors.
 
 The loop: AdamW (0.9, 0.95), weight decay 0, clip 1.0, linear warm-up + cosine, gradient accumulation,
 bf16 autocast on GPU, activation checkpointing, and a chunked cross-entropy that never holds the
@@ -53,7 +54,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--corpus", required=True, metavar="DIR", help="tokenized corpus (train split)")
     p.add_argument("--factors", required=True, metavar="FILE", help="the method's factors JSON")
     p.add_argument("--label", required=True, help="method name (e.g. longrope2, longrope2_no_mixed)")
-    p.add_argument("--no-mixed", action="store_true", help="ablation: all rows long, no per-document masks")
+    p.add_argument("--no-mixed", action="store_true", help="ablation: the same rows, long factors on every row")
     p.add_argument("--checkpoint-dir", metavar="DIR", help="resumable checkpoints (default <out>/../.checkpoints/<label>)")
     p.add_argument("--max-steps", type=int, help="stop after this many steps with a checkpoint (resumable; no export)")
 
@@ -146,7 +147,7 @@ def run(cfg: dict, out: str, args: argparse.Namespace) -> None:
     torch.manual_seed(seed)
     lm, tok = models.load_pretrained(args.model, device=device, dtype=torch.float32,
                                      attn_implementation=p["attn_implementation"])
-    lm.base_model.rotary_emb = rope.RowwiseRotary(scaling, device)
+    lm.base_model.rotary_emb = rope.RowwiseRotary(scaling, device, always_long=args.no_mixed)
     if p["gradient_checkpointing"]:
         lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     lm.train()
@@ -154,8 +155,7 @@ def run(cfg: dict, out: str, args: argparse.Namespace) -> None:
     opt = torch.optim.AdamW(model.parameters(), lr=p["lr"], betas=(0.9, 0.95), weight_decay=0.0)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda step: warmup_cosine(step, p["steps"], p["warmup_steps"], p["min_lr_ratio"]))
-    spec = RowSpec(target, geom.original_length, 0.0 if args.no_mixed else p["short_fraction"], seed,
-                   needle_fraction=p["needle_fraction"])
+    spec = RowSpec(target, geom.original_length, p["short_fraction"], seed, needle_fraction=p["needle_fraction"])
     train = TokenizedCorpus(args.corpus, "train")
     needles = NeedleBuilder(train, tok, cfg["needles"]["template"], seed) if p["needle_fraction"] else None
     packer = Packer(train, spec, tok.bos_token_id, needles)

@@ -19,14 +19,17 @@ import random
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .. import distances as dist
 from .. import progress, scoring
 from ..artifacts import StageRun, verify_inputs
 from ..checkpoints import Checkpoints, fingerprint
 from ..corpus import TokenizedCorpus
-from ..needles import IGNORE_INDEX, NeedleBuilder
+from ..errors import ConfigError
+from ..needles import IGNORE_INDEX, NeedleBuilder, plain_set
 from ..training import warmup_cosine
 
 NAME = "pretrain"
@@ -63,9 +66,16 @@ def curriculum_at(curriculum: list[dict], step: int) -> list[dict]:
     return [c for c in curriculum if c["from_step"] == started]
 
 
-def make_batch(builder: NeedleBuilder, opt: dict, batch_size: int, pad_id: int):
-    samples = [builder.sample(opt["length"], opt["needles"], extra_queries=opt.get("queries", 1) - 1)
+def make_batch(builder: NeedleBuilder, opt: dict, batch_size: int, pad_id: int, sampler=None, seen=None):
+    """One batch of the option's samples; ``sampler`` places needles at corpus distances when the option's
+    ``placement`` is ``corpus``; ``seen`` (a list) collects each sample's needle-to-question distance."""
+    if opt.get("kind", "needle") == "copy":
+        return copy_batch(builder, opt["length"], batch_size)
+    place = sampler if opt.get("placement", "uniform") == "corpus" else None
+    samples = [builder.sample(opt["length"], opt.get("needles", 1), extra_queries=opt.get("queries", 1) - 1, distances=place)
                for _ in range(batch_size)]
+    if seen is not None:
+        seen.extend(s.distance for s in samples)
     width = max(len(s.input_ids) for s in samples)
     ids = torch.full((batch_size, width), pad_id, dtype=torch.long)
     lab = torch.full((batch_size, width), IGNORE_INDEX, dtype=torch.long)
@@ -75,18 +85,34 @@ def make_batch(builder: NeedleBuilder, opt: dict, batch_size: int, pad_id: int):
     return ids, lab
 
 
+def copy_batch(builder: NeedleBuilder, length: int, batch_size: int):
+    """BOS + random tokens + the same tokens again, the copy labelled: only copying can lower that loss,
+    so induction heads (the mechanism retrieval then reuses) form in a few dozen steps."""
+    half = (length - 1) // 2
+    vocab = len(builder.newline)
+    ids = torch.full((batch_size, 1 + 2 * half), builder.bos, dtype=torch.long)
+    for i in range(batch_size):
+        span = torch.tensor([builder.rng.randrange(4, vocab) for _ in range(half)])
+        ids[i, 1 : 1 + half], ids[i, 1 + half :] = span, span
+    lab = torch.full_like(ids, IGNORE_INDEX)
+    lab[:, 2 + half :] = ids[:, 2 + half :]  # the first token of the copy cannot be known yet
+    return ids, lab
+
+
 def loss_fn(model, ids, lab, lm_weight: float, pad_id: int):
-    """Cross-entropy on answer tokens (weight 1) plus ``lm_weight`` on the other tokens; the LM head is
-    applied only to the rows that carry loss."""
+    """Mean cross-entropy on answer tokens plus ``lm_weight`` x mean next-token loss on the other tokens.
+
+    The two means are taken separately, so the few answer tokens keep their weight next to hundreds of
+    language-modelling tokens; with ``lm_weight`` 0 the LM head runs only on the answer positions."""
     hidden = model.base_model(input_ids=ids[:, :-1]).last_hidden_state
     target = ids[:, 1:]
     is_answer = lab[:, 1:] != IGNORE_INDEX
-    weight = is_answer.float() + lm_weight * (~is_answer & (target != pad_id)).float()
-    rows = weight > 0
+    is_text = ~is_answer & (target != pad_id) if lm_weight > 0 else torch.zeros_like(is_answer)
+    rows = is_answer | is_text
     ce = F.cross_entropy(model.get_output_embeddings()(hidden[rows]), target[rows], reduction="none")
-    w = weight[rows]
     answer_loss = (ce * is_answer[rows]).sum() / is_answer.sum().clamp(min=1)
-    return (ce * w).sum() / w.sum(), answer_loss
+    text_loss = (ce * is_text[rows]).sum() / is_text.sum().clamp(min=1)
+    return answer_loss + lm_weight * text_loss, answer_loss
 
 
 def run(cfg: dict, out: str, args: argparse.Namespace) -> None:
@@ -105,8 +131,15 @@ def run(cfg: dict, out: str, args: argparse.Namespace) -> None:
     other = [q for q in model.parameters() if q.dim() < 2]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": p["weight_decay"]}, {"params": other, "weight_decay": 0.0}],
                             lr=p["lr"], betas=(0.9, 0.95))
+    for option in p["curriculum"]:  # fail now, not at the step where a draw of long keys does not fit
+        need = train.longest(option.get("needles", 1), option.get("queries", 1)) if option.get("kind", "needle") == "needle" else 3
+        if option["length"] < need:
+            raise ConfigError("pretrain.curriculum", f"option {option}: {option['length']} tokens cannot hold the "
+                              f"needle template with the longest keys ({need} tokens); allowed: length >= {need}")
     curriculum_rng = random.Random(seed + 1)
-    start, log, prior_wall, tokens = 0, [], 0.0, 0
+    corpus_distances = dist.repeat_distances(train.corpus, tok)
+    sampler = dist.DistanceSampler.from_distances(corpus_distances, l0)
+    start, log, prior_wall, tokens, seen = 0, [], 0.0, 0, []
     if (state := ckpts.load()) is not None:
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
@@ -114,6 +147,7 @@ def run(cfg: dict, out: str, args: argparse.Namespace) -> None:
         curriculum_rng.setstate(state["curriculum_rng"])
         torch.set_rng_state(state["torch_rng"])
         start, log, prior_wall, tokens = state["step"], state["log"], state["wall_s"], state["tokens"]
+        seen = state["seen"]
         print(f"resuming from step {start} ({ckpts.resumed_from})", flush=True)
     n_params = sum(q.numel() for q in model.parameters())
     t0 = time.perf_counter() - prior_wall
@@ -125,8 +159,8 @@ def run(cfg: dict, out: str, args: argparse.Namespace) -> None:
         for g in opt.param_groups:
             g["lr"] = p["lr"] * warmup_cosine(step, p["steps"], p["warmup_steps"], p["min_lr_ratio"])
         option = curriculum_rng.choice(curriculum_at(p["curriculum"], step))
-        ids, lab = make_batch(train, option, p["batch_size"], tok.pad_token_id)
-        loss, answer_loss = loss_fn(model, ids, lab, p["lm_weight"], tok.pad_token_id)
+        ids, lab = make_batch(train, option, option.get("batch_size", p["batch_size"]), tok.pad_token_id, sampler, seen)
+        loss, answer_loss = loss_fn(model, ids, lab, option.get("lm_weight", p["lm_weight"]), tok.pad_token_id)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), p["grad_clip"])
@@ -137,7 +171,7 @@ def run(cfg: dict, out: str, args: argparse.Namespace) -> None:
         if (step + 1) % p["checkpoint_every"] == 0 and step + 1 < p["steps"]:
             ckpts.save(step + 1, {"step": step + 1, "model": model.state_dict(), "optimizer": opt.state_dict(),
                                   "builder_rng": train.rng.getstate(), "curriculum_rng": curriculum_rng.getstate(),
-                                  "torch_rng": torch.get_rng_state(), "log": log, "tokens": tokens,
+                                  "torch_rng": torch.get_rng_state(), "log": log, "tokens": tokens, "seen": seen,
                                   "wall_s": time.perf_counter() - t0})
     log.append(evaluate(model, cfg, args.corpus, tok, p["steps"], time.perf_counter() - t0, tokens))
     wall = time.perf_counter() - t0
@@ -146,8 +180,18 @@ def run(cfg: dict, out: str, args: argparse.Namespace) -> None:
         model.save_pretrained(run_.path("model"), safe_serialization=True)
         tok.save_pretrained(run_.path("model"))
         run_.write_csv("pretrain_curve.csv", log)
-        run_.write_json("pretrain.json", {"parameters": n_params, "steps": p["steps"], "tokens": tokens,
-                                          "wall_s": round(wall, 1), "tokens_per_s": round(tokens / wall), "final": log[-1]})
+        seen_d = np.asarray(seen, dtype=np.int64)
+        edges = dist.log_edges(l0)
+        in_window = corpus_distances[corpus_distances <= l0]
+        rows = [{"from": int(a), "to": int(b) - 1, "corpus": round(float(c), 5), "pretraining": round(float(t), 5)}
+                for a, b, c, t in zip(edges[:-1], edges[1:], dist.histogram(in_window, edges), dist.histogram(seen_d, edges))]
+        run_.write_csv("distances.csv", rows)
+        plot_distances(rows, l0, run_.path("distances.png"))
+        run_.write_json("pretrain.json", {
+            "parameters": n_params, "steps": p["steps"], "tokens": tokens, "wall_s": round(wall, 1),
+            "tokens_per_s": round(tokens / wall), "final": log[-1],
+            "distances": {"corpus": dist.summary(corpus_distances, l0), "corpus_within_L0": dist.summary(in_window, l0),
+                          "pretraining": dist.summary(seen_d, l0)}})
     ckpts.clear()
     print(f"pretrained {n_params / 1e6:.2f}M params, {p['steps']} steps, {wall / 60:.1f} min; "
           f"L0={l0} single={log[-1]['acc_single']:.3f} multi={log[-1]['acc_multi']:.3f} -> {out}")
@@ -163,8 +207,33 @@ def evaluate(model, cfg, corpus_dir, tok, step, wall, tokens) -> dict:
     template = cfg["needles"]["template"]
     single = scoring.needle_accuracy(model, NeedleBuilder(val, tok, template, seed=101), l0, 1, p["eval_samples"], 8192)[0]
     multi = scoring.needle_accuracy(model, NeedleBuilder(val, tok, template, seed=202), l0, 4, p["eval_samples"], 8192)[0]
+    plain = plain_set(val, tok.bos_token_id, l0, p["ppl_samples"], seed=303)
+    sc = scoring.score(model, torch.from_numpy(plain["input_ids"]).long(), torch.from_numpy(plain["labels"]).long())
     torch.set_rng_state(rng_state)
     model.train()
-    rec = {"step": step, "wall_s": round(wall, 1), "tokens": tokens, "acc_single": single, "acc_multi": multi}
+    rec = {"step": step, "wall_s": round(wall, 1), "tokens": tokens, "acc_single": single, "acc_multi": multi,
+           "ppl_L0": round(float(torch.exp(sc.nll_sum.sum() / sc.n_tokens.sum())), 3)}
     progress.write(str(rec))
     return rec
+
+
+def plot_distances(rows: list[dict], l0: int, path) -> None:
+    """Corpus vs pretraining needle-to-question distance distributions (log-spaced bins)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    x = np.arange(len(rows))
+    fig, ax = plt.subplots(figsize=(7, 3.2))
+    ax.bar(x - 0.2, [r["corpus"] for r in rows], 0.4, label="corpus: identifier to its previous occurrence")
+    ax.bar(x + 0.2, [r["pretraining"] for r in rows], 0.4, label="pretraining: needle to question")
+    ax.set_xticks(x, [f"{r['from']}" for r in rows], rotation=60, fontsize=7)
+    ax.set_xlabel(f"distance in tokens (bin start, log bins up to L0 = {l0})")
+    ax.set_ylabel("share")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    tmp = str(path) + ".tmp.png"
+    fig.savefig(tmp, dpi=120)
+    plt.close(fig)
+    Path(tmp).replace(path)

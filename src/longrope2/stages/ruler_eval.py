@@ -1,6 +1,7 @@
 """RULER, the needle heat map and passkey of one model, scored through lm-eval.
 
-Every (task, length) folder written by ``ruler-data`` becomes a local lm-eval task (``dataset_path: json``)
+Every (task, length) folder written by ``ruler-data`` (``ruler_data/<task>/<length>/``; a task folder
+stands for all of its lengths) becomes a local lm-eval task (``dataset_path: json``)
 and all of them run in one ``lm_eval.simple_evaluate`` call on :class:`LongContextLM`: greedy, batched,
 exact when generation crosses L0 on a LongRoPE export, and refusing any prompt longer than the longest
 evaluation length. The model is an exported folder (a training-free method's light export, or a
@@ -33,18 +34,34 @@ INPUTS = ("model", "data")
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, metavar="DIR", help="exported model folder (its own rope parameters)")
     p.add_argument("--data", required=True, nargs="+", metavar="DIR",
-                   help="ruler-data folders (samples.jsonl + task.json), one per task and length")
+                   help="ruler-data folders: <task>/<length> (samples.jsonl + task.json), or a <task> folder for "
+                        "every length in it")
     p.add_argument("--label", required=True, help="method name written to the scores (e.g. longrope2)")
     p.add_argument("--stage-label", default="training-free", help="training-free / after: row label for tables")
     p.add_argument("--cache-dir", metavar="DIR",
                    help="responses so far, to resume after a kill (keyed by config and inputs; removed on success)")
 
 
+def data_folders(folder: str | Path) -> list[Path]:
+    """The (task, length) folders of one ``--data`` argument: itself when it holds a task.json, else the
+    ``<length>/`` folders of a ruler-data task folder, shortest first."""
+    folder = Path(folder)
+    if (folder / "task.json").is_file():
+        return [folder]
+    lengths = sorted((p for p in folder.iterdir() if p.name.isdigit() and (p / "task.json").is_file()),
+                     key=lambda p: int(p.name)) if folder.is_dir() else []
+    if not lengths:
+        raise ConfigError("--data", f"{folder} holds no task.json, neither itself nor in <length>/ folders; "
+                          "allowed: ruler-data's <task>/<length> or <task> folders")
+    return lengths
+
+
 def read_tasks(folders: list[str]) -> list[dict]:
-    """task.json of every data folder, with its folder; one (task, length) may appear once."""
+    """task.json of every data folder (a task folder: of each of its lengths), with its folder; one
+    (task, length) may appear once."""
     infos, seen = [], set()
-    for folder in folders:
-        info = json.loads((Path(folder) / "task.json").read_text())
+    for folder in (f for given in folders for f in data_folders(given)):
+        info = json.loads((folder / "task.json").read_text())
         key = (info["task"], int(info["length"]))
         if key in seen:
             raise ConfigError("--data", f"{info['task']} at {info['length']} is given twice")

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import argparse
 import math
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
 
-from .. import methods, models, progress, rope
+from .. import methods, models, progress, rope, stats
 from ..artifacts import StageRun, verify_inputs
 from ..checkpoints import GenerationLog, fingerprint
 from ..errors import ConfigError
@@ -26,7 +27,7 @@ NAME = "search"
 HELP = "evolutionary search of per-pair rescale factors (LongRoPE2, LongRoPE, ablations)"
 CONFIG_KEYS = ("experiment.seed", "model.geometry", "extension.target_length", "search.population",
                "search.generations", "search.parents", "search.mutants", "search.crossovers", "search.mutation_p",
-               "search.initial", "search.batch_tokens", "search.racing")
+               "search.initial", "search.batch_tokens", "search.racing", "search.stratified")
 #: arguments naming input artifacts, checked against their producers' manifests before any work
 INPUTS = ("model", "needles")
 
@@ -48,11 +49,23 @@ def make_space(kind: str, geom, target: int, method: str) -> tuple[Space, list[n
     return Space.all_pairs(geom, target, 2.0, method), seeds
 
 
+def ppl_interval(nll: np.ndarray, hit: np.ndarray, seed: int) -> dict:
+    """PPL of the labelled tokens (exp of the mean per-sample NLL) and accuracy, each with a 95% interval."""
+    mean = stats.bootstrap_mean(nll, seed=seed)
+    acc = stats.wilson(int(hit.sum()), len(hit))
+    return {"n": len(nll), "ppl": {"estimate": math.exp(mean.estimate), "lo": math.exp(mean.lo), "hi": math.exp(mean.hi)},
+            "accuracy": acc.as_dict()}
+
+
+def counts(values) -> dict[str, int]:
+    return {str(d): n for d, n in sorted(Counter(values).items())}
+
+
 def search_config(sc: dict, racing: str | None) -> SearchConfig:
     race = sc["racing"]
     enabled = race["enabled"] if racing is None else racing == "on"
     return SearchConfig(sc["population"], sc["generations"], sc["parents"], sc["mutants"], sc["crossovers"],
-                        sc["mutation_p"], sc["initial"], enabled, race["samples"], race["keep"])
+                        sc["mutation_p"], sc["initial"], enabled, race["samples"], race["keep"], sc["stratified"])
 
 
 def plot(trace: list[dict], best: rope.RopeScaling, geom, target: int, path: Path) -> None:
@@ -114,10 +127,20 @@ def run(cfg: dict, out: str, args: argparse.Namespace) -> None:
     bar.close()
     scaling = space.scaling(best)
     nll, acc = search.cache[best]["nll"], search.cache[best]["acc"]
+    heldout = load_set(Path(args.needles) / f"{objective.replace('search_', 'heldout_')}.npz")
+    check = {"search_set": ppl_interval(*fitness.per_sample(scaling), seed)}
+    check["heldout"] = ppl_interval(*Evaluator(model, heldout["input_ids"], heldout["labels"], sc["batch_tokens"]).per_sample(scaling), seed)
+    a, b = check["search_set"]["ppl"], check["heldout"]["ppl"]
+    check["agree"] = a["lo"] <= b["hi"] and b["lo"] <= a["hi"]  # the two 95% intervals overlap
     result = scaling.to_dict() | {
         "fitness": {"objective": objective, "nll": nll, "ppl": math.exp(nll), "accuracy": acc},
+        "best_on_heldout": check,
         "search": {"evaluated": len(search.cache), "sample_forwards": fitness.sample_forwards,
                    "generations": scfg.generations, "racing": scfg.racing, "wall_s": round(search.wall, 1),
+                   "stratified": scfg.stratified,
+                   # children per d_rcd (duplicates included) and distinct candidates scored per d_rcd
+                   "d_rcd_proposed": counts(d for rec in log.read() for d in rec.get("proposed_d_rcd", [])),
+                   "d_rcd_evaluated": counts(d for d, _ in search.cache),
                    "d_tcd": rope.critical_dim(geom), "d10_tcd": rope.critical_dim_10(geom)},
     }
     with StageRun("search", out, subset, inputs=[args.model, args.needles], seed=seed,
@@ -126,5 +149,7 @@ def run(cfg: dict, out: str, args: argparse.Namespace) -> None:
         run_.write_csv("trace.csv", search.trace)
         plot(search.trace, scaling, geom, target, run_.path("search.png"))
     print(f"{args.method}: d_rcd={scaling.extra.get('d_rcd')} (d_tcd={rope.critical_dim(geom)}) "
-          f"{objective} ppl={math.exp(nll):.4f} acc={acc:.3f} after {len(search.cache)} candidates, "
+          f"{objective} ppl={math.exp(nll):.4f} acc={acc:.3f}; best on search set / held-out: "
+          f"{a['estimate']:.3f} [{a['lo']:.3f}, {a['hi']:.3f}] / {b['estimate']:.3f} [{b['lo']:.3f}, {b['hi']:.3f}] "
+          f"(n={check['heldout']['n']}) after {len(search.cache)} candidates, "
           f"{fitness.sample_forwards} sample-forwards, {search.wall:.0f}s -> {out}")
