@@ -63,6 +63,12 @@ rule pretrain:
             category="2. Base model",
         ),
         summary=RESULTS / "base_model" / "pretrain.json",
+        distances=RESULTS / "base_model" / "distances.csv",
+        distances_plot=report(
+            RESULTS / "base_model" / "distances.png",
+            caption="../report/distances.rst",
+            category="2. Base model",
+        ),
         manifest=RESULTS / "base_model" / "manifest.json",
     log:
         LOGS / "pretrain.log",

@@ -69,7 +69,8 @@ rule table_training_free:
 
 rule ruler_data:
     """One RULER task (or the heat map's grid, or passkey) at every evaluation length, sized with the model's
-    tokenizer: one job per task (tokenizer and haystack loaded once), given only the keys that task reads."""
+    tokenizer: one job per task (tokenizer and haystack loaded once), given only the keys that task reads.
+    """
     input:
         tokenizer=tokenizer(),
         corpus=CORPUS_FILES,

@@ -6,7 +6,9 @@ rule needles:
     output:
         meta=RESULTS / "needles" / "needles.json",
         search=expand(
-            RESULTS / "needles" / "{split}_{kind}.npz", split=["search", "heldout"], kind=["needle", "plain"]
+            RESULTS / "needles" / "{split}_{kind}.npz",
+            split=["search", "heldout"],
+            kind=["needle", "plain"],
         ),
         manifest=RESULTS / "needles" / "manifest.json",
     log:

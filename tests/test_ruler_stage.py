@@ -110,8 +110,8 @@ def test_qa_without_file_or_hub_is_not_run(config, tiny_corpus, tmp_path, monkey
 
 
 @pytest.mark.parametrize("override, task, lengths, message", [
-    ("", "niah_single_1", [1024, 4096], "evaluation.lengths: 4096 is above what any method supports; allowed: lengths "
-                                        "up to extension.target_length=1024"),
+    ("", "niah_single_1", [2048, 4096], "evaluation.lengths: 4096 is above what any method supports; allowed: lengths "
+                                        "up to extension.target_length=2048"),
     ("", "passkey", [512, 512], "--lengths: 512 given twice; allowed: distinct lengths"),
     ("", "passkey", [0, 512], "--lengths: must be positive token counts, got 0"),
     ("evaluation:\n  ruler:\n    qa_files: {squad: /nonexistent/dev.json}\n", "qa_1", [1024],
@@ -136,7 +136,8 @@ def test_each_task_is_given_only_the_keys_it_reads(tiny_corpus, tmp_path):
     keys = {task: set(ruler_data.config_keys(task)) for task in ruler.ALL_TASKS}
     always = {"experiment.seed", "extension.target_length", "evaluation.ruler.max_new_tokens"}
     assert keys["passkey"] == always | {"evaluation.passkey.samples"}
-    assert keys["niah_single_1"] == always | {"evaluation.ruler.samples"}  # no essay haystack, no QA, no passkey
+    # no essay haystack, no QA, no passkey
+    assert keys["niah_single_1"] == always | {"evaluation.ruler.samples", "evaluation.ruler.samples_at"}
     assert keys["niah_single_2"] == keys["niah_single_1"] | {"evaluation.ruler.haystack"}
     assert keys["qa_1"] == keys["niah_single_1"] | {"evaluation.ruler.qa_files"}
     assert keys["niah_depth"] == always | {"evaluation.niah.depths", "evaluation.niah.samples"}
