@@ -7,7 +7,7 @@ its best candidate's needle-PPL on the search set and on the held-out set with 9
 racing spends <= 25% of the full protocol's sample-forwards, and its best candidate's held-out PPL lies
 inside the full protocol's held-out interval.
 
-    python benchmarks/search_racing.py --results results/scale --out benchmarks/runs/search_racing.json
+    python benchmarks/search_racing.py --results results/scale --out benchmarks/search_racing.json
 """
 
 from __future__ import annotations

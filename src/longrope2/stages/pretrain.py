@@ -86,8 +86,9 @@ def make_batch(builder: NeedleBuilder, opt: dict, batch_size: int, pad_id: int, 
 
 
 def copy_batch(builder: NeedleBuilder, length: int, batch_size: int):
-    """BOS + random tokens + the same tokens again, the copy labelled: only copying can lower that loss,
-    so induction heads (the mechanism retrieval then reuses) form in a few dozen steps."""
+    """BOS + random tokens + the same tokens again, the copy labelled: only copying (an induction head, the
+    mechanism retrieval reuses) can lower that loss. An optional warm-up; README, "Scale model", says
+    what it did in a probe."""
     half = (length - 1) // 2
     vocab = len(builder.newline)
     ids = torch.full((batch_size, 1 + 2 * half), builder.bos, dtype=torch.long)
@@ -132,7 +133,8 @@ def run(cfg: dict, out: str, args: argparse.Namespace) -> None:
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": p["weight_decay"]}, {"params": other, "weight_decay": 0.0}],
                             lr=p["lr"], betas=(0.9, 0.95))
     for option in p["curriculum"]:  # fail now, not at the step where a draw of long keys does not fit
-        need = train.longest(option.get("needles", 1), option.get("queries", 1)) if option.get("kind", "needle") == "needle" else 3
+        is_copy = option.get("kind", "needle") == "copy"
+        need = 3 if is_copy else train.longest(option.get("needles", 1), option.get("queries", 1))  # copy: BOS + 2
         if option["length"] < need:
             raise ConfigError("pretrain.curriculum", f"option {option}: {option['length']} tokens cannot hold the "
                               f"needle template with the longest keys ({need} tokens); allowed: length >= {need}")
@@ -233,7 +235,5 @@ def plot_distances(rows: list[dict], l0: int, path) -> None:
     ax.set_ylabel("share")
     ax.legend(fontsize=7)
     fig.tight_layout()
-    tmp = str(path) + ".tmp.png"
-    fig.savefig(tmp, dpi=120)
+    fig.savefig(path, dpi=120, metadata={"Software": None})  # StageRun stages it and renames on success
     plt.close(fig)
-    Path(tmp).replace(path)
