@@ -44,10 +44,34 @@ rule import_model:
         mem_mb=RES["import-model"]["mem_mb"],
         runtime=runtime("import-model"),
     params:
-        config=stage_config("import-model"),
+        config=import_config(False),
         out=folder("manifest"),
     shell:
         "longrope2 import-model --config-json {params.config:q} --threads {threads} "
+        "--out {params.out:q} > {log:q} 2>&1"
+
+
+rule import_as_is:
+    """The already-extended checkpoint as_is evaluates (extension.as_is) -> HF folder, its own L0 kept."""
+    output:
+        model=directory(AS_IS_IMPORTED / "model"),
+        geometry=AS_IS_IMPORTED / "geometry.json",
+        manifest=AS_IS_IMPORTED / "manifest.json",
+    log:
+        LOGS / "import_as_is.log",
+    benchmark:
+        BENCH / "import_as_is.tsv"
+    conda:
+        "../envs/longrope2.yaml"
+    threads: RES["import-model"]["threads"]
+    resources:
+        mem_mb=RES["import-model"]["mem_mb"],
+        runtime=runtime("import-model"),
+    params:
+        config=import_config(True),
+        out=folder("manifest"),
+    shell:
+        "longrope2 import-model --as-is --config-json {params.config:q} --threads {threads} "
         "--out {params.out:q} > {log:q} 2>&1"
 
 

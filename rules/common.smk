@@ -16,6 +16,8 @@ try:
     from longrope2 import resources as lr2resources
     from longrope2.errors import ConfigError
     from longrope2.stages import CONFIG_KEYS
+    from longrope2.stages import baselines as lr2baselines
+    from longrope2.stages import import_model as lr2import
     from longrope2.stages import ruler_data as lr2ruler_data
 except ImportError as e:
     raise WorkflowError(
@@ -32,6 +34,8 @@ RESULTS = Path("results") / EXP
 LOGS = Path("logs") / EXP
 BENCH = Path("benchmarks") / "runs" / EXP
 IMPORTED = Path("resources") / EXP / "base_model"
+# the already-extended checkpoint the as_is method evaluates (extension.as_is), imported beside the base model
+AS_IS_IMPORTED = Path("resources") / EXP / "as_is"
 SPLITS = ["train", "validation", "test"]
 IS_SCALE = config["model"]["source"] == "scale"
 SEARCHED = config["search"]["methods"]
@@ -82,6 +86,26 @@ def runtime(stage):
     return lambda wildcards, attempt: RES[stage]["runtime"] * attempt
 
 
+def launcher(stage):
+    """The prefix that starts a stage's command on its GPUs: nothing for one, torchrun for several on one
+    node, srun + torchrun across nodes (longrope2.resources.launcher); the command itself is unchanged.
+    """
+    return lr2resources.launcher(RES[stage]["gpu"], RES[stage]["nodes"])
+
+
+def multinode(stage):
+    """SLURM resources of a job spanning nodes: one task per node (the plugin's `mpi` mode: the job's own
+    srun starts them, one torchrun each); nothing for a one-node job."""
+    nodes = RES[stage]["nodes"]
+    return {"mpi": "srun", "tasks": nodes, "tasks_per_gpu": 0} if nodes > 1 else {}
+
+
+def devices(wildcards, resources):
+    """`--devices N`: the search scores candidates on the N GPUs its job gets (one evaluator each); with one
+    GPU or none the stage uses its default device (the GPU if there is one, else the CPU)."""
+    return f"--devices {resources.gpu}" if resources.gpu > 1 else ""
+
+
 def folder(output_key):
     """The stage folder (--out): the parent of one of the rule's declared outputs."""
 
@@ -104,6 +128,30 @@ def optional_input(flag, key):
 def base_model():
     """HF folder of the base model: pretrained here (scale model) or imported (real models)."""
     return RESULTS / "base_model" / "model" if IS_SCALE else IMPORTED / "model"
+
+
+def as_is_model():
+    """The checkpoint as_is evaluates: extension.as_is when set, else the experiment's own model."""
+    return AS_IS_IMPORTED / "model" if config["extension"]["as_is"] else base_model()
+
+
+def method_model(method):
+    """The weights a method is exported, evaluated and fine-tuned with: the base model, except for as_is."""
+    return as_is_model() if lr2methods.get(method).reads_checkpoint else base_model()
+
+
+def training_free_model(wildcards):
+    return method_model(wildcards.method)
+
+
+def finetune_model(wildcards):
+    return method_model(lr2methods.base_method(wildcards.ft))
+
+
+def import_config(as_is):
+    """import-model's config subset: the base model's keys, or extension.as_is for the as_is checkpoint."""
+    subset = lr2config.subset_json(config, lr2import.config_keys(as_is))
+    return lambda wildcards: subset
 
 
 def tokenizer():
@@ -136,6 +184,18 @@ def searched_factors(wildcards):
     if lr2methods.get(wildcards.baseline).needs_d_rcd:
         return method_factors("longrope2")
     return []
+
+
+def checkpoint_model(wildcards):
+    """Only as_is reads a checkpoint (its config.json's rope parameters)."""
+    if lr2methods.get(wildcards.baseline).reads_checkpoint:
+        return as_is_model()
+    return []
+
+
+def baseline_config(wildcards):
+    """baseline's config subset for one method: only fixed_factors reads extension.fixed_factors."""
+    return lr2config.subset_json(config, lr2baselines.config_keys(wildcards.baseline))
 
 
 def finetune_factors(wildcards):
@@ -188,6 +248,7 @@ def all_targets():
         RESULTS / "base_model" / "retrieval" / "retrieval.json",
         RESULTS / "tables" / "training_free" / "training_free.csv",
         RESULTS / "tables" / "finetune" / "finetune_comparison.csv",
+        RESULTS / "factor_shape" / "factor_shape.png",
         *[
             RESULTS / "models" / "training_free" / m / "rope.json"
             for m in TRAINING_FREE

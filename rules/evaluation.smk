@@ -1,7 +1,7 @@
 rule evaluate_training_free:
     """Needle accuracy / needle-PPL / PPL of the base model under one method's factors (no training)."""
     input:
-        model=base_model(),
+        model=training_free_model,
         corpus=CORPUS_FILES,
         factors=factors_file,
     output:

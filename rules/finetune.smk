@@ -1,7 +1,7 @@
 rule finetune:
     """Mixed context window fine-tuning of one method; identical data and steps for every method."""
     input:
-        model=base_model(),
+        model=finetune_model,
         corpus=CORPUS_FILES,
         factors=finetune_factors,
     output:
@@ -17,10 +17,13 @@ rule finetune:
         "../envs/longrope2.yaml"
     threads: RES["finetune"]["threads"]
     resources:
+        **multinode("finetune"),
         mem_mb=RES["finetune"]["mem_mb"],
         runtime=runtime("finetune"),
         gpu=RES["finetune"]["gpu"],
+        nodes=RES["finetune"]["nodes"],
     params:
+        launcher=launcher("finetune"),
         config=stage_config("finetune"),
         corpus=CORPUS,
         checkpoints=lambda wildcards: RESULTS
@@ -31,7 +34,8 @@ rule finetune:
         ),
         out=folder("manifest"),
     shell:
-        "longrope2 finetune --config-json {params.config:q} --threads {threads} --model {input.model:q} "
+        "{params.launcher} longrope2 finetune --config-json {params.config:q} --threads {threads} "
+        "--model {input.model:q} "
         "--corpus {params.corpus:q} --factors {input.factors:q} --label {wildcards.ft} {params.no_mixed} "
         "--checkpoint-dir {params.checkpoints:q} --out {params.out:q} > {log:q} 2>&1"
 

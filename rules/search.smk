@@ -58,6 +58,7 @@ rule search:
         gpu=RES["search"]["gpu"],
     params:
         config=stage_config("search"),
+        devices=devices,
         needles=RESULTS / "needles",
         checkpoints=lambda wildcards: RESULTS
         / ".checkpoints"
@@ -65,14 +66,47 @@ rule search:
         out=folder("manifest"),
     shell:
         "longrope2 search --config-json {params.config:q} --threads {threads} --model {input.model:q} "
-        "--needles {params.needles:q} --method {wildcards.searched} "
+        "--needles {params.needles:q} --method {wildcards.searched} {params.devices} "
         "--checkpoint-dir {params.checkpoints:q} --out {params.out:q} > {log:q} 2>&1"
 
 
+rule factor_shape:
+    """The searched LongRoPE2 factors against the paper's shape: NTK-like below d_rcd, searched above."""
+    input:
+        factors=method_factors("longrope2"),
+    output:
+        figure=report(
+            RESULTS / "factor_shape" / "factor_shape.png",
+            caption="../report/factor_shape.rst",
+            category="3. Factor search",
+        ),
+        json=RESULTS / "factor_shape" / "factor_shape.json",
+        manifest=RESULTS / "factor_shape" / "manifest.json",
+    log:
+        LOGS / "factor_shape.log",
+    benchmark:
+        BENCH / "factor_shape.tsv"
+    localrule: True
+    conda:
+        "../envs/longrope2.yaml"
+    threads: RES["factor_shape"]["threads"]
+    resources:
+        mem_mb=RES["factor_shape"]["mem_mb"],
+        runtime=runtime("factor_shape"),
+    params:
+        config=stage_config("factor-shape"),
+        out=folder("manifest"),
+    shell:
+        "longrope2 factor-shape --config-json {params.config:q} --factors {input.factors:q} "
+        "--out {params.out:q} > {log:q} 2>&1"
+
+
 rule baseline:
-    """PI, NTK, YaRN from the geometry; NTK-rcd / YaRN-rcd also from the LongRoPE2 search's d_rcd."""
+    """PI, NTK, YaRN from the geometry; NTK-rcd / YaRN-rcd also from the LongRoPE2 search's d_rcd; published
+    factors (fixed_factors); a checkpoint's own rope parameters (as_is)."""
     input:
         searched=searched_factors,
+        model=checkpoint_model,
     output:
         factors=RESULTS / "factors" / "{baseline}" / "factors.json",
         manifest=RESULTS / "factors" / "{baseline}" / "manifest.json",
@@ -87,18 +121,19 @@ rule baseline:
         mem_mb=RES["baseline"]["mem_mb"],
         runtime=runtime("baseline"),
     params:
-        config=stage_config("baseline"),
+        config=baseline_config,
         searched=optional_input("--searched", "searched"),
+        model=optional_input("--model", "model"),
         out=folder("manifest"),
     shell:
         "longrope2 baseline --config-json {params.config:q} --method {wildcards.baseline} "
-        "{params.searched} --out {params.out:q} > {log:q} 2>&1"
+        "{params.searched} {params.model} --out {params.out:q} > {log:q} 2>&1"
 
 
 rule export:
     """A method as a stock-transformers checkpoint: config.json with its rope parameters, linked weights."""
     input:
-        model=base_model(),
+        model=training_free_model,
         factors=factors_file,
     output:
         model=directory(RESULTS / "models" / "training_free" / "{method}" / "model"),

@@ -127,3 +127,29 @@ def test_copy_batch_labels_only_the_second_copy(micro_corpus):
     assert ids.shape == lab.shape == (3, 129) and (ids[:, 0] == tok.bos_token_id).all()
     torch.testing.assert_close(ids[:, 1:65], ids[:, 65:])
     assert (lab[:, :66] == -100).all() and torch.equal(lab[:, 66:], ids[:, 66:])
+
+
+@pytest.mark.parametrize("placement", ["uniform", "start", "corpus"])
+def test_needle_batch_ends_with_a_labelled_eos(micro_corpus, placement):
+    """Rows are exactly the option's length; the answer is followed by EOS, labelled, so generation stops
+    after it; "start" puts the needle right after the preamble."""
+    from transformers import AutoTokenizer
+
+    from longrope2 import distances as dist
+    from longrope2.corpus import TokenizedCorpus
+    from longrope2.needles import NeedleBuilder
+    from longrope2.stages.pretrain import make_batch
+
+    tok = AutoTokenizer.from_pretrained(micro_corpus / "tokenizer")
+    builder = NeedleBuilder(TokenizedCorpus(micro_corpus, "train"), tok, seed=1)
+    sampler = dist.DistanceSampler.from_distances(dist.repeat_distances(builder.corpus, tok), 256)
+    seen = []
+    ids, lab = make_batch(builder, {"length": 256, "placement": placement}, 4, tok.pad_token_id, sampler, seen)
+    assert ids.shape == lab.shape == (4, 256) and len(seen) == 4
+    assert (ids[:, -1] == tok.eos_token_id).all() and (lab[:, -1] == tok.eos_token_id).all()
+    answer = lab[:, :-1] != -100
+    assert answer.any(dim=1).all() and not answer[:, :200].any()  # the answer sits right before EOS
+    if placement == "start":
+        needle = builder.encode(builder.t["needle"].split(" magic")[0])  # "One of the special"
+        at = 1 + len(builder.preamble)
+        assert all(ids[i, at : at + len(needle)].tolist() == needle for i in range(4))

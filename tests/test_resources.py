@@ -98,13 +98,19 @@ def test_llama3_8b_128k_resources():
     # the per-GPU share is 16 B/param divided by the GPU count, the rest (activations, unsharded layers) fixed
     a, b = (resources.finetune_gpu_bytes(cfg, size, g) for g in (2, 4))
     assert a - b == pytest.approx(16 * n / 2 - 16 * n / 4)
-    # 128k rows of an 8B model: activations alone (~87 GB per row, fp32 residual checkpoints) exceed 80 GB
-    assert any("finetune" in w and "gpu_mem_gb=80" in w for w in warned)
+    # 128k rows of an 8B model: activations alone (~87 GB per row, fp32 residual checkpoints) exceed 80 GB,
+    # so the experiment caps its rows (finetune.row_length) below the longest row the model says fits
+    assert not any("finetune" in w for w in warned)
+    assert cfg["finetune"]["row_length"] <= resources.longest_row(cfg, size, ft["gpu"]) < 131072
+    _, uncapped = quiet_resources(load("llama3-8b-128k", {"finetune": {"row_length": None}}))
+    assert any("finetune" in w and "gpu_mem_gb=80" in w for w in uncapped)
 
-    # forward stages: one GPU, host RAM for at least the bf16 weights (16 GB)
+    # forward stages: one GPU (the search: one evaluator on each of its GPUs), host RAM for at least the
+    # bf16 weights (16 GB)
     for stage in ("search", "evaluate", "retrieval"):
-        assert res[stage]["gpu"] == 1, stage
-        assert res[stage]["threads"] == 8, stage
+        gpus = cfg["cluster"]["search_gpus"] if stage == "search" else 1
+        assert res[stage]["gpu"] == gpus, stage
+        assert res[stage]["threads"] == 8 * gpus, stage
         assert res[stage]["mem_mb"] * 2**20 >= 2 * n, stage
     assert res["search"]["runtime"] > res["evaluate"]["runtime"] > resources.RUNTIME_FLOOR_MIN
 
@@ -118,7 +124,8 @@ def test_llama3_8b_128k_resources():
 
 
 def test_finetune_takes_the_fewest_gpus_that_fit():
-    cfg = load("llama3-8b-128k", {"cluster": {"gpu_mem_gb": 141}})  # H200
+    cfg = load("llama3-8b-128k", {"cluster": {"gpu_mem_gb": 141}, "finetune": {"row_length": None}})  # H200
+    del cfg["cluster"]["finetune_gpus"]  # the experiment fixes 8; here the model chooses
     size = resources.model_size(cfg, None)
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # fits: no warning
@@ -127,8 +134,11 @@ def test_finetune_takes_the_fewest_gpus_that_fit():
     assert g == 4
     assert resources.finetune_gpu_bytes(cfg, size, g) <= usable < resources.finetune_gpu_bytes(cfg, size, g - 1)
     # a shorter target needs fewer GPUs
-    short = load("llama3-8b-128k", {"cluster": {"gpu_mem_gb": 141}, "extension": {"target_length": 32768},
-                                      "evaluation": {"lengths": [4096, 32768]}})
+    short = load("llama3-8b-128k", {"cluster": {"gpu_mem_gb": 141},
+                                      "extension": {"target_length": 32768, "methods": ["pi", "longrope2"], "fixed_factors": None},
+                                      "evaluation": {"lengths": [4096, 32768]},
+                                      "finetune": {"row_length": None, "methods": ["pi", "longrope2"]}})
+    del short["cluster"]["finetune_gpus"]
     assert resources.stage_resources("finetune", short, size)["gpu"] < g
 
 
@@ -194,6 +204,9 @@ def test_slurm_profile_dry_run_requests(workdir):
         gpu = int(res.get("gpu", 0))
         if rule == "finetune":
             assert gpu >= 2, (rule, res)
+            assert int(res["nodes"]) == expected[stage]["nodes"] == 1, (rule, res)
+        elif rule == "search":
+            assert gpu == cfg["cluster"]["search_gpus"] > 1, (rule, res)
         elif rule in ONE_GPU_RULES:
             assert gpu == 1, (rule, res)
         else:

@@ -222,6 +222,12 @@ def registry_dict(name, geom, target, seed=0):
         out.extra["d_rcd"] = 0
     elif m.needs_d_rcd:
         out = rope.build(name, geom, target, d_rcd=d_rcd)
+    elif m.rope_function == "fixed_factors":  # a published set, taken verbatim
+        out = rope.build(name, geom, target, long_factor=np.sort(rng.uniform(1, 2 * s, n)), short_factor=np.ones(n))
+    elif m.rope_function == "as_is":  # a checkpoint's own longrope parameters (short factors not 1, as Phi-3's)
+        out = rope.build(name, geom, target, rope_parameters={
+            "rope_type": "longrope", "long_factor": np.sort(rng.uniform(1, 2 * s, n)).tolist(),
+            "short_factor": rng.uniform(1, 1.2, n).tolist()})
     else:
         out = rope.build(name, geom, target)
     extra = {"fitness": {"objective": "needle", "nll": 1.5}, "search": {"evaluated": 3}} if m.searched else {}

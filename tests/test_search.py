@@ -35,6 +35,10 @@ class Synthetic:
         d = float(np.mean((np.log(scaling.long_factor) - self.opt) ** 2))
         return d * (stop - start) + float(self.noise[start:stop].sum()), stop - start, 0
 
+    def map(self, jobs):
+        """Each ``(scaling, start, stop)`` job's :meth:`partial`, in order (scoring.Evaluator.map)."""
+        return [self.partial(*job) for job in jobs]
+
 
 CFG = SearchConfig(population=12, generations=6, parents=6, mutants=5, crossovers=5, mutation_p=0.3, initial=16)
 

@@ -26,7 +26,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
-from . import __version__
+from . import __version__, workload
 from .config import config_hash
 from .errors import LongRoPE2Error
 
@@ -316,5 +316,6 @@ class StageRun:
             "command": sys.argv,
             "libraries": library_versions(),
             "device": device_description(),
+            **({"work": work} if (work := workload.snapshot()) else {}),
             **self.extra,
         }

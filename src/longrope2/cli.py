@@ -38,6 +38,14 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--threads", type=int, default=None, help="CPU threads for torch (Snakemake passes {threads})")
         stage.add_arguments(p)
         p.set_defaults(_stage=stage)
+    p = sub.add_parser("plan", help="estimated jobs, GPU-hours, wall time and disk of every stage (runs nothing)",
+                       description="Each stage of an experiment with its jobs, GPUs per job, estimated GPU-hours, "
+                                   "wall time and disk, from longrope2.resources' model (estimates, not measurements).")
+    p.add_argument("--config", nargs="+", required=True, metavar="FILE",
+                   help="experiment config files, later ones override earlier ones (as Snakemake reads them)")
+    p.add_argument("--imported", metavar="FILE", help="the imported model's config.json (default: "
+                   "resources/<experiment>/base_model/model/config.json where it exists, else model.size)")
+    p.set_defaults(_stage=None)
     return parser
 
 
@@ -50,6 +58,15 @@ def config_keys(args: argparse.Namespace) -> tuple[str, ...]:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.stage == "plan":
+        from . import plan
+
+        try:
+            print(plan.main(args.config, args.imported), end="")
+        except LongRoPE2Error as e:
+            print(f"longrope2 plan: error: {e}", file=sys.stderr)
+            return 2
+        return 0
     try:
         cfg = cfgmod.stage_config(config_keys(args), files=args.config, json_text=args.config_json)
         artifacts.forget_verified()  # one stage run per call: never trust a hash from an earlier call

@@ -144,6 +144,14 @@ def validate(cfg: dict) -> dict:
     if missing:
         raise ConfigError("search.methods", f"must include {', '.join(missing)} (needed by extension.methods and the rcd baselines)")
     evaluation_lengths(cfg)
+    ext = cfg["extension"]
+    if "fixed_factors" in ext["methods"]:
+        from . import published
+
+        published.check(ext["fixed_factors"], cfg["model"]["geometry"], ext["target_length"])
+    if methods.AS_IS in ext["methods"] and ext["as_is"] is None and cfg["model"]["source"] == "scale":
+        raise ConfigError("extension.as_is", "the scale model has no rope scaling of its own; name the already-extended "
+                                             "checkpoint as_is evaluates ({source: hub|local|gguf, id: ...})")
     runnable = methods.training_free(cfg)
     for i, m in enumerate(cfg["finetune"]["methods"]):
         if m not in runnable:

@@ -15,6 +15,7 @@ class Method:
     name: str
     label: str  #: row label in the paper tables
     kind: str  #: "original" | "baseline" (geometry only) | "rcd_baseline" (needs LongRoPE2's d_rcd) | "searched"
+    #: | "published" (released factors, ``extension.fixed_factors``) | "checkpoint" (a checkpoint's own RoPE)
     rope_function: str  #: the function in ``rope.METHODS`` that builds (or re-checks) its factors
     space: str | None = None  #: search space of a searched method: "longrope2" | "v1" | "all_pairs"
     objective: str | None = None  #: search objective: "needle" (needle-PPL) | "plain" (plain PPL)
@@ -27,6 +28,11 @@ class Method:
     @property
     def needs_d_rcd(self) -> bool:
         return self.kind == "rcd_baseline"
+
+    @property
+    def reads_checkpoint(self) -> bool:
+        """Its factors (and the weights it is evaluated with) come from a checkpoint, not from the geometry."""
+        return self.kind == "checkpoint"
 
 
 REGISTRY: dict[str, Method] = {
@@ -45,6 +51,8 @@ REGISTRY: dict[str, Method] = {
                objective="plain", ablation=True),
         Method("longrope2_all_pairs", "LongRoPE2, all-pairs search", "searched", "longrope", space="all_pairs",
                objective="needle", ablation=True),
+        Method("fixed_factors", "LongRoPE2, published factors", "published", "fixed_factors"),
+        Method("as_is", "released checkpoint, as is", "checkpoint", "as_is"),
     )
 }
 
@@ -60,6 +68,8 @@ SEARCHED_METHODS = [n for n, m in REGISTRY.items() if m.searched]
 GEOMETRY_BASELINES = [n for n, m in REGISTRY.items() if m.kind == "baseline"]
 #: rcd baselines are always compared: they show what the searched d_rcd alone buys
 RCD_BASELINES = [n for n, m in REGISTRY.items() if m.needs_d_rcd]
+#: the method that evaluates a checkpoint's own rope parameters (``extension.as_is`` names the checkpoint)
+AS_IS = "as_is"
 
 
 def get(name: str) -> Method:

@@ -49,8 +49,24 @@ def check_architecture(config: Any, key: str = "model.id") -> None:
                                f"can load; allowed: RoPE causal LMs ({supported})")
 
 
+def slice_config(config: Any, layers: int, key: str = "model.slice.layers") -> Any:
+    """A copy of a decoder config cut to its first ``layers`` layers (a CPU rehearsal of a real model)."""
+    import copy
+
+    have = config.num_hidden_layers
+    if layers > have:
+        raise ConfigError(key, f"got {layers}; the model has {have} layers")
+    config = copy.deepcopy(config)
+    config.num_hidden_layers = layers
+    if getattr(config, "layer_types", None):
+        config.layer_types = list(config.layer_types)[:layers]
+    return config
+
+
 def load_model(spec: Mapping[str, Any], dtype=None):
-    """(model, tokenizer, origin) for a model spec {source, id}; real loading code for every source."""
+    """(model, tokenizer, origin) for a model spec {source, id, slice}; real loading code for every source.
+    With ``slice`` ({layers, random_init, seed}) the model is cut to its first layers, its weights drawn
+    from the seed (random_init) or those of the kept layers."""
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
@@ -77,7 +93,20 @@ def load_model(spec: Mapping[str, Any], dtype=None):
         raise ConfigError("model.id", f"cannot load the config of {model_id!r} ({str(e).splitlines()[0][:160]})") from None
     check_architecture(config)
     tok = AutoTokenizer.from_pretrained(where, **kw)
+    cut = spec.get("slice")
+    if cut:
+        config = slice_config(config, cut["layers"])
+        origin["slice"] = {"layers": cut["layers"], "random_init": cut.get("random_init", True), "seed": cut.get("seed", 0)}
+    if cut and origin["slice"]["random_init"]:
+        # the architecture and tokenizer only: weights drawn from the seed, the checkpoint's tensors never read
+        torch.manual_seed(origin["slice"]["seed"])
+        return AutoModelForCausalLM.from_config(config, dtype=dtype), tok, origin
     model = AutoModelForCausalLM.from_pretrained(where, dtype=dtype, **kw)
+    if cut:
+        model.model.layers = model.model.layers[: cut["layers"]]
+        model.config.num_hidden_layers = config.num_hidden_layers
+        if getattr(model.config, "layer_types", None):
+            model.config.layer_types = config.layer_types
     if "gguf" in origin:
         # GGUF tensors are de-quantized to float on load: drop the quantizer so the saved folder is plain HF
         model.hf_quantizer = None
@@ -101,9 +130,12 @@ def load_pretrained(path: str | Path, device=None, dtype=None, **kwargs):
     ``from_pretrained`` (e.g. ``attn_implementation``)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from . import workload
+
     check_model_dir(path)
     dev, dt = device_and_dtype()
     model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype or dt, **kwargs).to(device or dev).eval()
+    workload.attach(model)  # tokens and FLOPs of the stage, for its manifest
     return model, AutoTokenizer.from_pretrained(path)
 
 
@@ -132,7 +164,7 @@ def check_geometry(have, want, key: str, what: str, fields=GEOMETRY_KEYS) -> Non
 
 def load_factors(path: str | Path, geometry=None):
     """A validated RopeScaling from a factors/rope JSON file; with ``geometry``, also checked against the
-    experiment's ``model.geometry``."""
+    experiment's ``model.geometry`` (a checkpoint's own RoPE, ``as_is``, keeps its own L0)."""
     import json
 
     from . import rope
@@ -146,7 +178,11 @@ def load_factors(path: str | Path, geometry=None):
         raise ConfigError("--factors", f"{path} is not valid JSON ({e})") from None
     scaling = rope.scaling_from_dict(data, source=str(path))
     if geometry is not None:
-        check_geometry(scaling.geometry, geometry, "--factors", "model.geometry")
+        from . import methods
+
+        own_l0 = methods.get(scaling.method).reads_checkpoint
+        check_geometry(scaling.geometry, geometry, "--factors", "model.geometry",
+                       GEOMETRY_KEYS[:3] if own_l0 else GEOMETRY_KEYS)
     return scaling
 
 

@@ -88,17 +88,17 @@ class Packer:
         return {"input_ids": ids, "position_ids": pos, "labels": lab, "is_long": np.bool_(is_long)}
 
     def _needle_document(self, rng, room: int, is_long: bool, at: int, ids, pos, lab) -> int:
-        """Write a needle sample of ``room`` (long rows) or half-to-all of ``room`` tokens at ``at``; returns
+        """Write a needle sample (ending with EOS) of ``room`` (long rows) or half-to-all of ``room`` tokens at ``at``; returns
         its length, 0 when it does not fit the template."""
         n = room if is_long else int(rng.integers(room // 2, room + 1))
         self.needles.rng.seed(int(rng.integers(2**63)))
-        try:
-            sample = self.needles.sample(n, int(rng.integers(1, 3)))
+        try:  # the answer ends with EOS, as in pretraining: the model keeps stopping after its answer
+            sample = self.needles.sample(n - 1, int(rng.integers(1, 3)))
         except ConfigError:
             return 0
-        ids[at : at + n] = sample.input_ids
+        ids[at : at + n] = np.append(sample.input_ids, self.needles.tok.eos_token_id)
         pos[at : at + n] = np.arange(at, at + n) if is_long else np.arange(n)
-        lab[at : at + n] = sample.input_ids
+        lab[at : at + n] = ids[at : at + n]
         lab[at] = IGNORE_INDEX  # its BOS
         return n
 

@@ -56,7 +56,9 @@ STAGES = ("critical-dims", "corpus", "import-model", "pretrain", "retrieval", "n
 ALIASES = {"critical_dims": "critical-dims", "import_model": "import-model", "evaluate_training_free": "evaluate", "evaluate_finetuned": "evaluate",
            "ruler_data": "ruler-data", "ruler_training_free": "ruler", "ruler_finetuned": "ruler", "table_ruler": "ruler-tables",
            "suite_training_free": "suite", "suite_finetuned": "suite",
-           "table_training_free": "tables", "table_finetune": "tables", "table": "tables"}
+           "table_training_free": "tables", "table_finetune": "tables", "table": "tables",
+           "import_as_is": "import-model", "factor_shape": "tables", "factor-shape": "tables",
+           "seeds_summary": "tables", "seeds": "tables"}
 #: threads of CPU jobs (the scale model's stages measured fastest with these on 2 cores; pretraining runs alone)
 CPU_THREADS = {"corpus": 2, "import-model": 2, "pretrain": 2, "retrieval": 2, "search": 2, "finetune": 1,
                "evaluate": 1, "ruler": 1, "ruler-data": 1}
@@ -121,8 +123,14 @@ def model_size(cfg: Mapping, imported_config: Path | str | None) -> ModelSize:
                                   "(parameters, layers, hidden_size, vocab_size)") from None
     declared = cfg["model"].get("size")
     if declared:
-        return ModelSize(int(declared["parameters"]), int(declared["layers"]), int(declared["hidden_size"]),
+        size = ModelSize(int(declared["parameters"]), int(declared["layers"]), int(declared["hidden_size"]),
                          int(declared["vocab_size"]))
+        cut = cfg["model"].get("slice")
+        if cut and cut["layers"] < size.layers:  # a rehearsal's slice: the embeddings and its layers' share
+            embed = size.vocab_size * size.hidden_size
+            per_layer = max(0, size.parameters - embed) / size.layers
+            size = ModelSize(int(embed + cut["layers"] * per_layer), cut["layers"], size.hidden_size, size.vocab_size)
+        return size
     if cfg["model"]["source"] == "scale":
         return scale_model_size(cfg)
     raise ConfigError("model.size", f"{cfg['model'].get('id')!r} is not imported yet, so its size is unknown: declare "
@@ -233,10 +241,18 @@ def train_act_bytes(cfg: Mapping, size: ModelSize, rows: int, length: int, cpu: 
     return rows * (length * per_token + extra)
 
 
-def finetune_gpu_bytes(cfg: Mapping, size: ModelSize, gpus: int) -> float:
+def finetune_row_length(cfg: Mapping) -> int:
+    """Tokens of one fine-tuning row: ``finetune.row_length`` where an experiment caps it (rows of the
+    target length do not fit its GPUs), else the target length."""
+    return int(cfg["finetune"].get("row_length") or cfg["extension"]["target_length"])
+
+
+def finetune_gpu_bytes(cfg: Mapping, size: ModelSize, gpus: int, length: int | None = None) -> float:
     """Per-GPU memory of fine-tuning on ``gpus`` GPUs: 16 B/param (FSDP shards them; DDP keeps a full
-    copy per GPU) + activations of ``finetune.batch_size`` rows at the target length + the parameters
-    FSDP holds unsharded while computing (fp32 embeddings and LM head of the root, ~3 layers in flight)."""
+    copy per GPU) + activations of ``finetune.batch_size`` rows of ``length`` tokens (default: the row
+    length) + the parameters FSDP holds unsharded while computing (fp32 embeddings and LM head of the
+    root, ~3 layers in flight). Every GPU holds whole rows: data parallelism only, no sequence/context
+    parallelism, so the activations of a row do not shrink with more GPUs."""
     ft = cfg["finetune"]
     n = size.parameters
     if ft.get("parallel", "ddp") == "fsdp" and gpus > 1:
@@ -245,26 +261,54 @@ def finetune_gpu_bytes(cfg: Mapping, size: ModelSize, gpus: int) -> float:
         states = ADAM_BYTES * n / gpus + 4 * (embed + 3 * layer)
     else:
         states = ADAM_BYTES * n
-    act = train_act_bytes(cfg, size, ft["batch_size"], cfg["extension"]["target_length"], cpu=False,
+    act = train_act_bytes(cfg, size, ft["batch_size"], length or finetune_row_length(cfg), cpu=False,
                           ckpt=ft.get("gradient_checkpointing", True), attn=ft.get("attn_implementation", "sdpa"))
     return states + act
 
 
+def longest_row(cfg: Mapping, size: ModelSize, gpus: int, step: int = 1024) -> int:
+    """The longest fine-tuning row (a multiple of ``step`` tokens; 0: none) whose per-GPU memory on ``gpus``
+    GPUs fits ``cluster.gpu_mem_gb``, by this module's memory model (activation checkpointing with fp32
+    layer inputs, flex/flash attention storing no scores): an ESTIMATE, not a measurement."""
+    usable = cfg.get("cluster", {}).get("gpu_mem_gb", 80) * 1e9 * (1 - GPU_RESERVE)
+    lo, hi = 0, cfg["extension"]["target_length"] // step + 1  # fits(lo), and searched up to the target + step
+    if finetune_gpu_bytes(cfg, size, gpus, hi * step) <= usable:
+        return hi * step
+    while hi - lo > 1:  # memory grows with the length
+        mid = (lo + hi) // 2
+        if finetune_gpu_bytes(cfg, size, gpus, mid * step) <= usable:
+            lo = mid
+        else:
+            hi = mid
+    return lo * step
+
+
 def finetune_gpus(cfg: Mapping, size: ModelSize) -> int:
-    """The fewest GPUs (up to one node; 1 under DDP, which does not shard) whose per-GPU share fits
+    """``cluster.finetune_gpus`` where set (more than ``gpus_per_node``: a multi-node job, in whole nodes);
+    else the fewest GPUs (up to one node; 1 under DDP, which does not shard) whose per-GPU share fits
     ``cluster.gpu_mem_gb``. When none does, that most with a warning: the estimate says the job will run
     out of GPU memory. Note that the GPU count is also the data-parallel world size, and the stage's
     rows per step are ``batch_size x grad_accum x world``: more GPUs, larger steps."""
     cl = cfg.get("cluster", {})
     usable = cl.get("gpu_mem_gb", 80) * 1e9 * (1 - GPU_RESERVE)
+    if cl.get("finetune_gpus"):
+        g, per_node = int(cl["finetune_gpus"]), cl.get("gpus_per_node", 8)
+        if g > per_node and g % per_node:
+            raise ConfigError("cluster.finetune_gpus", f"{g} GPUs span nodes of {per_node}: ask for whole nodes "
+                              f"(a multiple of gpus_per_node)")
+        if finetune_gpu_bytes(cfg, size, g) > usable:
+            warnings.warn(f"finetune: ~{finetune_gpu_bytes(cfg, size, g) / 1e9:.0f} GB per GPU on {g} GPUs (estimate) "
+                          f"exceeds cluster.gpu_mem_gb={cl.get('gpu_mem_gb', 80)}", stacklevel=2)
+        return g
     most = cl.get("gpus_per_node", 8) if cfg["finetune"].get("parallel", "ddp") == "fsdp" else 1
     for g in range(1, most + 1):
         if finetune_gpu_bytes(cfg, size, g) <= usable:
             return g
     need, ft = finetune_gpu_bytes(cfg, size, most) / 1e9, cfg["finetune"]
     warnings.warn(f"finetune: ~{need:.0f} GB per GPU on {most} GPU(s) (estimate; {ft.get('parallel', 'ddp')}, "
-                  f"batch_size {ft['batch_size']} x {cfg['extension']['target_length']} tokens) exceeds "
-                  f"cluster.gpu_mem_gb={cl.get('gpu_mem_gb', 80)}: it will likely run out of GPU memory",
+                  f"batch_size {ft['batch_size']} x {finetune_row_length(cfg)} tokens) exceeds "
+                  f"cluster.gpu_mem_gb={cl.get('gpu_mem_gb', 80)}: it will likely run out of GPU memory "
+                  f"(rows of at most ~{longest_row(cfg, size, most)} tokens fit: finetune.row_length)",
                   stacklevel=2)
     return most
 
@@ -315,7 +359,11 @@ def stage_resources(stage: str, cfg: Mapping, size: ModelSize) -> dict:
         act = train_act_bytes(cfg, sm, pt["batch_size"], length, cpu=True, ckpt=False, attn="sdpa")
         mem = BASE_MB * 2**20 + ADAM_BYTES * sm.parameters * 1.2 + act
     elif stage in ("retrieval", "search", "evaluate"):
-        gpu = 1 if real else 0
+        # the search scores candidates on every GPU it gets (one evaluator each): cluster.search_gpus
+        gpu = (int(cl.get("search_gpus", 1)) if stage == "search" else 1) if real else 0
+        if gpu > cl.get("gpus_per_node", 8):
+            raise ConfigError("cluster.search_gpus", f"{gpu} exceeds gpus_per_node={cl.get('gpus_per_node', 8)}: "
+                              "the search's evaluators are threads of one process, on one node")
         if stage == "retrieval":
             lengths, batch = retrieval_lengths(cfg), cfg["retrieval"]["batch_tokens"]
             forwards = [(L, 2 * cfg["retrieval"]["samples"]) for L in lengths]  # single + multi needle
@@ -334,7 +382,8 @@ def stage_resources(stage: str, cfg: Mapping, size: ModelSize) -> dict:
         seconds = flops / _flop_rate(gpu) + 4.0 * n / READ_BYTES_S  # weights are stored in fp32
         if gpu:
             _check_forward_fits(stage, cfg, size, longest, batch)
-            mem = GPU_BASE_MB * 2**20 + 2.0 * n * HOST_OVERHEAD + data
+            # one process: the model copies are loaded one after the other, each moved to its GPU
+            mem = gpu * GPU_BASE_MB * 2**20 + 2.0 * n * HOST_OVERHEAD + data
         else:
             act = forward_act_bytes(cfg, size, longest, batch, cpu=True)
             mem = BASE_MB * 2**20 + 4.0 * n * HOST_OVERHEAD + data + act
@@ -373,16 +422,18 @@ def stage_resources(stage: str, cfg: Mapping, size: ModelSize) -> dict:
             # every rank runs batch_size x grad_accum rows per step: the time per step does not depend on gpu
             rows = ft["steps"] * ft["batch_size"] * ft["grad_accum"]
             mfu = TRAIN_MFU.get(ft.get("attn_implementation", "sdpa"), GPU_MFU)
-            seconds = rows * train_flops(size, target, ckpt) / _flop_rate(1, mfu) + io
+            seconds = rows * train_flops(size, finetune_row_length(cfg), ckpt) / _flop_rate(1, mfu) + io
             # host RAM, the largest of: every rank loading the fp32 model before moving it to its GPU; rank 0
             # gathering fp32 weights + Adam state for a checkpoint and then loading a fresh copy to export;
             # every rank reading the whole checkpoint when it resumes (a retry)
-            phases = (gpu * 4.0 * n, (CKPT_BYTES + 4.0) * n, gpu * CKPT_BYTES * n)
-            mem = gpu * GPU_BASE_MB * 2**20 + 1.2 * max(phases)
+            # (per node: a multi-node job asks --mem per node, and rank 0's node holds the gathered state)
+            local = min(gpu, cl.get("gpus_per_node", 8))
+            phases = (local * 4.0 * n, (CKPT_BYTES + 4.0) * n, local * CKPT_BYTES * n)
+            mem = local * GPU_BASE_MB * 2**20 + 1.2 * max(phases)
         else:
             rows = ft["steps"] * ft["batch_size"] * ft["grad_accum"]
-            seconds = rows * train_flops(size, target, ckpt) / CPU_FLOPS + io
-            act = train_act_bytes(cfg, size, ft["batch_size"], target, cpu=True, ckpt=ckpt,
+            seconds = rows * train_flops(size, finetune_row_length(cfg), ckpt) / CPU_FLOPS + io
+            act = train_act_bytes(cfg, size, ft["batch_size"], finetune_row_length(cfg), cpu=True, ckpt=ckpt,
                                   attn=ft.get("attn_implementation", "sdpa"))
             mem = BASE_MB * 2**20 + 1.2 * (ADAM_BYTES + 4.0) * n + act  # + a fresh fp32 copy to export
     elif stage == "import-model":
@@ -407,7 +458,9 @@ def stage_resources(stage: str, cfg: Mapping, size: ModelSize) -> dict:
         threads = cl.get("cpus_per_gpu", 8) * gpu
     else:
         threads = CPU_THREADS.get(stage, 1)
-    return {"threads": int(threads), "mem_mb": _mib(mem), "runtime": _minutes(seconds), "gpu": int(gpu)}
+    nodes = max(1, math.ceil(gpu / cl.get("gpus_per_node", 8)))
+    return {"threads": int(threads // nodes), "mem_mb": _mib(mem), "runtime": _minutes(seconds),
+            "gpu": int(gpu), "nodes": int(nodes)}
 
 
 def all_stage_resources(cfg: Mapping, imported_config: Path | str | None) -> dict[str, dict]:
@@ -416,3 +469,63 @@ def all_stage_resources(cfg: Mapping, imported_config: Path | str | None) -> dic
     size = model_size(cfg, imported_config)
     out = {stage: stage_resources(stage, cfg, size) for stage in STAGES}
     return out | {alias: out[stage] for alias, stage in ALIASES.items()}
+
+
+# --- launch -----------------------------------------------------------------------------------------------
+RDZV_PORT = 29500  #: the c10d rendezvous port of a multi-node fine-tuning job, on its first node
+
+
+def launcher(gpus: int, nodes: int = 1) -> str:
+    """The prefix that starts a stage command on ``gpus`` GPUs of ``nodes`` nodes, the command itself
+    unchanged: nothing for one GPU; ``torchrun --standalone`` (one process per GPU) on one node; on
+    several, ``srun`` starts one torchrun per node of the SLURM job, meeting at a c10d rendezvous on its
+    first node (SLURM's environment names the nodes and the job)."""
+    if gpus <= 1:
+        return ""
+    if nodes <= 1:
+        return f"torchrun --standalone --nproc-per-node={gpus} --no-python"
+    return (f"srun --ntasks-per-node=1 --kill-on-bad-exit=1 torchrun --nnodes={nodes} "
+            f"--nproc-per-node={gpus // nodes} --rdzv-backend=c10d --rdzv-id=\"$SLURM_JOB_ID\" "
+            f"--rdzv-endpoint=\"$(scontrol show hostnames \"$SLURM_JOB_NODELIST\" | head -n1):{RDZV_PORT}\" --no-python")
+
+
+# --- disk ---------------------------------------------------------------------------------------------------
+DOC_TOKENS = {"stdlib": 2_000, "hf_dataset": 100_000, "text_dir": 20_000}  #: a guess per document (PG19: a book)
+TEXT_BYTES_PER_TOKEN = 4  #: a prompt written as text (JSONL), about 4 characters per token
+SMALL_BYTES = 1e6  #: metrics, manifests, tables, factor files
+
+
+def stage_disk(stage: str, cfg: Mapping, size: ModelSize) -> dict[str, float]:
+    """Bytes one job of a stage leaves on disk (``kept``) and holds while it runs (``scratch``: resumable
+    checkpoints, deleted when it finishes). ESTIMATES: weights are exact (fp32 safetensors, 4 B/param),
+    corpus and prompt sizes are guesses from the config (see DOC_TOKENS)."""
+    stage = ALIASES.get(stage, stage)
+    n, target = size.parameters, cfg["extension"]["target_length"]
+    kept, scratch = SMALL_BYTES, 0.0
+    if stage == "import-model":
+        kept = 4.0 * n
+    elif stage == "pretrain":
+        sm = scale_model_size(cfg)
+        kept, scratch = 4.0 * sm.parameters, 2 * CKPT_BYTES * sm.parameters
+    elif stage == "finetune":  # the fp32 export; two resumable checkpoints kept while training
+        kept, scratch = 4.0 * n, 2 * CKPT_BYTES * n
+    elif stage == "corpus":
+        c = cfg["corpus"]
+        docs = c.get("max_documents") or 1000
+        tok_bytes = 2 if cfg.get("tokenizer", {}).get("vocab_size", size.vocab_size) <= 65536 else 4
+        kept = docs * DOC_TOKENS.get(c.get("source", "stdlib"), 20_000) * (tok_bytes + 1)
+    elif stage == "needles":  # search + held-out sets, needle + plain, int64 ids and labels
+        kept = 4 * cfg["needles"]["search_samples"] * target * 16.0
+    elif stage == "ruler-data":  # one task at every length
+        kept = sum(L * n_ for L, n_ in ruler_workload(cfg)) * TEXT_BYTES_PER_TOKEN / max(1, len(_tasks(cfg)))
+    elif stage in ("ruler", "suite"):  # per-sample logs with their prompts
+        kept = sum(L * n_ for L, n_ in ruler_workload(cfg)) * TEXT_BYTES_PER_TOKEN if stage == "ruler" else 50e6
+    return {"kept": kept, "scratch": scratch}
+
+
+def _tasks(cfg: Mapping) -> list[str]:
+    """What the RULER stage scores at every length (as rules/common.smk's EVAL_TASKS)."""
+    ev = cfg["evaluation"]
+    suites = ev["suites"]
+    return ((ev["ruler"]["tasks"] if "ruler" in suites else []) + (["niah_depth"] if "niah" in suites else [])
+            + (["passkey"] if "passkey" in suites else []))

@@ -420,6 +420,46 @@ def longrope2(
     )
 
 
+def fixed_factors(
+    geom: RopeGeometry,
+    target_length: int,
+    *,
+    long_factor: Sequence[float],
+    short_factor: Sequence[float],
+    attention_factor: float | None = None,
+) -> RopeScaling:
+    """Published per-pair factors taken verbatim (``extension.fixed_factors``: LongRoPE2's released sets).
+
+    Exported as HF ``longrope``; ``attention_factor=None`` is transformers' default sqrt(1 + ln s / ln L0),
+    what a released config without one gets.
+    """
+    scale_factor(geom, target_length)
+    af = longrope_attention_factor(geom, target_length) if attention_factor is None else float(attention_factor)
+    out = _scaling("fixed_factors", geom, target_length, long_factor, short_factor, af)
+    out.hf_rope_parameters.update(_longrope_export(geom, target_length, af, out.long_factor, out.short_factor))
+    return out
+
+
+def as_is(geom: RopeGeometry, target_length: int, *, rope_parameters: Mapping[str, Any]) -> RopeScaling:
+    """A checkpoint's own rope parameters, unchanged (an already-extended release such as Phi-3-mini-128k).
+
+    ``geom`` is the checkpoint's own geometry (its L0) and ``target_length`` its window. The frequencies and
+    attention factor its rope type gives are written as per-pair long/short factors (HF ``longrope``, which
+    every stock model type loads): for a ``longrope`` checkpoint that is its ``rope_scaling`` verbatim.
+    """
+    rope_type = rope_parameters.get("rope_type", rope_parameters.get("type", "default"))
+    if rope_type == "default" and float(rope_parameters.get("rope_theta", geom.rope_base)) == geom.rope_base:
+        raise ConfigError("as_is", "the checkpoint has no rope scaling of its own (rope_type default); as_is "
+                                   "evaluates an already-extended checkpoint: name one in extension.as_is")
+    own = from_hf_rope_parameters(geom, rope_parameters, target_length)
+    target = own.target_length
+    out = _scaling("as_is", geom, target, own.long_factor, own.short_factor, own.attention_factor,
+                   checkpoint_rope_type=rope_type)
+    out.hf_rope_parameters.update(_longrope_export(geom, target, out.attention_factor, out.long_factor,
+                                                   out.short_factor))
+    return out
+
+
 #: rope functions by name (``methods.Method.rope_function``). Parameters after ``target_length`` are keyword-only,
 #: except longrope/longrope2's, which callers (search, tests) still pass positionally.
 METHODS: dict[str, Callable[..., RopeScaling]] = {
@@ -432,6 +472,8 @@ METHODS: dict[str, Callable[..., RopeScaling]] = {
     "yarn_rcd": yarn_rcd,
     "longrope": longrope,
     "longrope2": longrope2,
+    "fixed_factors": fixed_factors,
+    "as_is": as_is,
 }
 
 
@@ -465,7 +507,7 @@ def build(method: str, geom: RopeGeometry, target_length: int, **params: Any) ->
 # --------------------------------------------------------------------------------------------------
 
 #: rope functions exported as HF ``longrope`` (free per-pair factors); every other one has its own HF form
-LONGROPE_FORM = ("longrope", "longrope2")
+LONGROPE_FORM = ("longrope", "longrope2", "fixed_factors", "as_is")
 _REQUIRED = ("method", "geometry", "target_length", "long_factor", "short_factor", "attention_factor")
 _KNOWN = {*_REQUIRED, "scale", "hf_rope_parameters"}
 _REL_TOL = 1e-9

@@ -8,7 +8,10 @@ greedy continuation matches the answer iff the argmax is right at every answer p
 
 from __future__ import annotations
 
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -126,6 +129,11 @@ class Evaluator:
         rope.apply_scaling(self.model, scaling)
         return self._sums(start, min(stop, len(self)))
 
+    def map(self, jobs: Sequence[tuple[rope.RopeScaling, int, int]]) -> list[tuple[float, int, int]]:
+        """:meth:`partial` of each ``(scaling, start, stop)`` job, in order (what :class:`EvaluatorPool`
+        spreads over devices)."""
+        return [self.partial(*job) for job in jobs]
+
     def _sums(self, start: int, stop: int) -> tuple[float, int, int]:
         nll_sum, n_tok, hits = 0.0, 0, 0
         for i in range(start, stop, self.batch):
@@ -136,3 +144,56 @@ class Evaluator:
             hits += int(sc.all_correct.sum())
         self.sample_forwards += max(stop - start, 0)
         return nll_sum, n_tok, hits
+
+
+class EvaluatorPool:
+    """One :class:`Evaluator` per device, each holding its own copy of the model: :meth:`map` hands the jobs
+    of a batch (``(scaling, start, stop)``, e.g. every candidate of a racing rung) to one thread per device,
+    each taking the next job from a shared counter, and returns the results in job order.
+
+    A job's result is computed by one evaluator alone, on the same samples in the same batches, so which
+    device scored it, and how many devices there are, never changes what the caller sees (on identical
+    devices: the same kernels give the same numbers). The caller stays single-threaded and deterministic.
+    With one evaluator the jobs run in the calling thread, in order."""
+
+    def __init__(self, evaluators: Sequence[Evaluator]):
+        if not evaluators:
+            raise ValueError("an EvaluatorPool needs at least one evaluator")
+        sizes = {len(e) for e in evaluators}
+        if len(sizes) != 1:
+            raise ValueError(f"evaluators score different sample sets (sizes {sorted(sizes)})")
+        self.evaluators = list(evaluators)
+        self.sample_forwards = 0
+
+    def __len__(self) -> int:
+        return len(self.evaluators[0])
+
+    @property
+    def first(self) -> Evaluator:
+        """The evaluator of the first device (for one-off scoring outside the search)."""
+        return self.evaluators[0]
+
+    def per_sample(self, scaling: rope.RopeScaling | None = None) -> tuple[np.ndarray, np.ndarray]:
+        return self.first.per_sample(scaling)
+
+    def map(self, jobs: Sequence[tuple[rope.RopeScaling, int, int]]) -> list[tuple[float, int, int]]:
+        jobs = list(jobs)
+        if len(self.evaluators) == 1 or len(jobs) <= 1:
+            out = self.first.map(jobs)
+        else:
+            out: list = [None] * len(jobs)
+            nxt, lock = iter(range(len(jobs))), threading.Lock()
+
+            def work(ev: Evaluator) -> None:
+                while True:
+                    with lock:
+                        i = next(nxt, None)
+                    if i is None:
+                        return
+                    out[i] = ev.partial(*jobs[i])
+
+            with ThreadPoolExecutor(len(self.evaluators), thread_name_prefix="evaluator") as ex:
+                for f in [ex.submit(work, ev) for ev in self.evaluators]:
+                    f.result()  # re-raises a worker's exception
+        self.sample_forwards += sum(max(min(stop, len(self)) - start, 0) for _, start, stop in jobs)
+        return out

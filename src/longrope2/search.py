@@ -5,10 +5,13 @@ monotone non-decreasing, inside ``[lo, hi]``. In the LongRoPE2 space pairs below
 anchored at the first gene and ``d_rcd`` is searched in ``[d10_tcd, d_tcd]``; in the all-pairs space
 (LongRoPE v1, and the paper's ablation) ``d_rcd = 0`` and every pair is a gene.
 
-The model is loaded once; :class:`scoring.Evaluator` swaps the rotary factors per candidate through the RoPE
-core and scores only labelled positions. Racing (successive halving) scores every new candidate on the
-first few samples and doubles the samples for the best fraction of the survivors until the last ones
-are scored on the full set (successive halving), so most of the work goes to the promising candidates.
+The model is loaded once (per device); :class:`scoring.Evaluator` swaps the rotary factors per candidate
+through the RoPE core and scores only labelled positions. The loop hands each batch of candidates to
+``fitness.map`` -- one evaluator, or a :class:`scoring.EvaluatorPool` with one per GPU -- and gets the
+results back in candidate order, so the seed alone fixes the outcome, whatever the number of devices.
+Racing (successive halving) scores every new candidate on the first few samples and doubles the samples
+for the best fraction of the survivors until the last ones are scored on the full set, so most of the
+work goes to the promising candidates.
 """
 
 from __future__ import annotations
@@ -236,8 +239,10 @@ class Search:
             alive, seen, n = list(new), 0, min(self.cfg.race_samples, full)
             sums = {c: [0.0, 0, 0] for c in new}
             while True:
-                for c in alive:
-                    part = self.fitness.partial(self.space.scaling(c), seen, n)
+                # one rung is one batch of jobs: a pool of per-device evaluators scores them in parallel and
+                # returns them in candidate order
+                parts = self.fitness.map([(self.space.scaling(c), seen, n) for c in alive])
+                for c, part in zip(alive, parts):
                     sums[c] = [a + b for a, b in zip(sums[c], part)]
                     self.cache[c] = {"nll": sums[c][0] / max(sums[c][1], 1), "acc": sums[c][2] / n, "full": n >= full}
                 if n >= full:
@@ -245,9 +250,9 @@ class Search:
                 alive = sorted(alive, key=lambda c: self.cache[c]["nll"])[: max(1, math.ceil(self.cfg.race_keep * len(alive)))]
                 seen, n = n, min(2 * n, full)
         else:
-            for c in new:
-                nll, acc = self.fitness(self.space.scaling(c))
-                self.cache[c] = {"nll": nll, "acc": acc, "full": True}
+            parts = self.fitness.map([(self.space.scaling(c), 0, full) for c in new])
+            for c, (nll_sum, n_tok, hits) in zip(new, parts):
+                self.cache[c] = {"nll": nll_sum / max(n_tok, 1), "acc": hits / full, "full": True}
         self.wall += time.perf_counter() - t0
         return new
 

@@ -1,7 +1,8 @@
 """Mixed context window fine-tuning (LongRoPE2 §3.3) of the base model under one method's factors.
 
-Rows of the target length come from :mod:`longrope2.packing`: short rows (documents <= L0, original
-RoPE, per-document attention) and long rows (rescaled RoPE, full attention); each row picks its RoPE by
+Rows of the target length (or ``finetune.row_length``, where an experiment caps them to what its GPUs
+hold) come from :mod:`longrope2.packing`: short rows (documents <= L0, original RoPE, per-document
+attention) and long rows (rescaled RoPE, full attention); each row picks its RoPE by
 ``max(position_ids)+1 > L0`` through :class:`rope.RowwiseRotary`. Every token is supervised (LM loss)
 in both row types. ``--no-mixed`` is the paper's ablation, made fair: exactly the same rows and tokens
 as the mixed run, only every row uses the long factors.
@@ -35,6 +36,7 @@ from .. import models, progress, rope
 from ..artifacts import StageRun, verify_inputs
 from ..checkpoints import Checkpoints, fingerprint
 from ..corpus import TokenizedCorpus
+from ..errors import ConfigError
 from ..needles import IGNORE_INDEX, NeedleBuilder
 from ..packing import Packer, RowSpec
 from ..training import warmup_cosine
@@ -44,7 +46,8 @@ HELP = "mixed context window fine-tuning of one method (resumable; DDP/FSDP unde
 CONFIG_KEYS = ("experiment.seed", "model.geometry", "extension.target_length", "needles.template",
                *(f"finetune.{k}" for k in ("steps", "batch_size", "grad_accum", "lr", "min_lr_ratio", "warmup_steps",
                                            "short_fraction", "needle_fraction", "checkpoint_every",
-                                           "gradient_checkpointing", "ce_chunk", "parallel", "attn_implementation")))
+                                           "gradient_checkpointing", "ce_chunk", "parallel", "attn_implementation",
+                                           "row_length")))
 #: arguments naming input artifacts, checked against their producers' manifests before any work
 INPUTS = ("model", "corpus", "factors")
 
@@ -138,10 +141,22 @@ def load_state_dicts(model, opt, model_sd, opt_sd):
     set_optimizer_state_dict(model, opt, opt_sd, options=opts)
 
 
+def row_length(cfg: dict) -> int:
+    """Tokens of a training row: the target length, or ``finetune.row_length`` where the experiment caps it
+    (above L0, so long rows exist, and at most the target)."""
+    target, cap = cfg["extension"]["target_length"], cfg["finetune"]["row_length"]
+    if cap is None:
+        return target
+    l0 = cfg["model"]["geometry"]["original_length"]
+    if not l0 < cap <= target:
+        raise ConfigError("finetune.row_length", f"{cap} must be above L0={l0} and at most the target {target}")
+    return cap
+
+
 def run(cfg: dict, out: str, args: argparse.Namespace) -> None:
     p, seed = cfg["finetune"], cfg["experiment"]["seed"]
     geom = rope.RopeGeometry.from_mapping(cfg["model"]["geometry"])
-    target = cfg["extension"]["target_length"]
+    length = row_length(cfg)  # the target, unless the experiment caps its rows
     scaling = models.load_factors(args.factors, geom)
     rank, world, device = setup_distributed()
     torch.manual_seed(seed)
@@ -155,7 +170,7 @@ def run(cfg: dict, out: str, args: argparse.Namespace) -> None:
     opt = torch.optim.AdamW(model.parameters(), lr=p["lr"], betas=(0.9, 0.95), weight_decay=0.0)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda step: warmup_cosine(step, p["steps"], p["warmup_steps"], p["min_lr_ratio"]))
-    spec = RowSpec(target, geom.original_length, p["short_fraction"], seed, needle_fraction=p["needle_fraction"])
+    spec = RowSpec(length, geom.original_length, p["short_fraction"], seed, needle_fraction=p["needle_fraction"])
     train = TokenizedCorpus(args.corpus, "train")
     needles = NeedleBuilder(train, tok, cfg["needles"]["template"], seed) if p["needle_fraction"] else None
     packer = Packer(train, spec, tok.bos_token_id, needles)
@@ -196,7 +211,7 @@ def run(cfg: dict, out: str, args: argparse.Namespace) -> None:
         opt.step()
         sched.step()
         opt.zero_grad(set_to_none=True)
-        tokens += rows_per_step * target
+        tokens += rows_per_step * length
         wall = time.perf_counter() - t0
         rec = {"step": step + 1, "loss": loss_sum / max(n_tok, 1), "lr": sched.get_last_lr()[0],
                "grad_norm": float(grad_norm), "long_rows": n_long, "tokens": tokens, "wall_s": round(wall, 2)}

@@ -1,10 +1,11 @@
 """Pretrain the scale model: a small standard LlamaForCausalLM that retrieves inside its window L0.
 
 Recipe (see README, "Scale model"): a curriculum of RULER-style retrieval sequences built from
-training-split documents -- short windows first, then L0, then several needles per window -- with the
-loss on the answer tokens (optionally plus a weight on ordinary next-token prediction). Crossing the
-induction-head plateau is what makes the model retrieve; answer-only loss at short length crosses it
-in a few hundred steps on two CPU cores.
+training-split documents -- short windows first, then several needles and questions per window, then
+L0 with a language-modelling loss on the other tokens. Each curriculum option places its needles at
+distances from the question drawn from the corpus's own repeated-identifier distances (``corpus``),
+uniformly over line starts (``uniform``), or right after the preamble (``start``, a fixed-position
+warm-up). Every answer is followed by a labelled EOS, so greedy decoding stops after it.
 
 Resumable: a checkpoint (model, optimizer, step, data and torch RNG states) is written every
 ``checkpoint_every`` steps into ``--checkpoint-dir`` (not a Snakemake output), keyed by the hash of the
@@ -67,21 +68,27 @@ def curriculum_at(curriculum: list[dict], step: int) -> list[dict]:
 
 
 def make_batch(builder: NeedleBuilder, opt: dict, batch_size: int, pad_id: int, sampler=None, seen=None):
-    """One batch of the option's samples; ``sampler`` places needles at corpus distances when the option's
+    """One batch of the option's samples (``length`` tokens each, the last one EOS); ``sampler`` places needles at corpus distances when the option's
     ``placement`` is ``corpus``; ``seen`` (a list) collects each sample's needle-to-question distance."""
     if opt.get("kind", "needle") == "copy":
         return copy_batch(builder, opt["length"], batch_size)
-    place = sampler if opt.get("placement", "uniform") == "corpus" else None
-    samples = [builder.sample(opt["length"], opt.get("needles", 1), extra_queries=opt.get("queries", 1) - 1, distances=place)
+    placement, n = opt.get("placement", "uniform"), opt.get("needles", 1)
+    place = sampler if placement == "corpus" else None
+    depths = [0.0] * n if placement == "start" else None
+    # one token short of the length: the final answer is followed by EOS (labelled), as an instruct model's
+    # is, so greedy decoding in the evaluations stops after the answer instead of running to max_new_tokens
+    samples = [builder.sample(opt["length"] - 1, n, depths=depths, extra_queries=opt.get("queries", 1) - 1, distances=place)
                for _ in range(batch_size)]
     if seen is not None:
         seen.extend(s.distance for s in samples)
-    width = max(len(s.input_ids) for s in samples)
+    width = max(len(s.input_ids) for s in samples) + 1
     ids = torch.full((batch_size, width), pad_id, dtype=torch.long)
     lab = torch.full((batch_size, width), IGNORE_INDEX, dtype=torch.long)
     for i, s in enumerate(samples):
-        ids[i, : len(s.input_ids)] = torch.from_numpy(s.input_ids)
-        lab[i, : len(s.labels)] = torch.from_numpy(s.labels)
+        n_ids = len(s.input_ids)
+        ids[i, :n_ids] = torch.from_numpy(s.input_ids)
+        lab[i, :n_ids] = torch.from_numpy(s.labels)
+        ids[i, n_ids] = lab[i, n_ids] = builder.tok.eos_token_id
     return ids, lab
 
 
@@ -134,7 +141,7 @@ def run(cfg: dict, out: str, args: argparse.Namespace) -> None:
                             lr=p["lr"], betas=(0.9, 0.95))
     for option in p["curriculum"]:  # fail now, not at the step where a draw of long keys does not fit
         is_copy = option.get("kind", "needle") == "copy"
-        need = 3 if is_copy else train.longest(option.get("needles", 1), option.get("queries", 1))  # copy: BOS + 2
+        need = 3 if is_copy else 1 + train.longest(option.get("needles", 1), option.get("queries", 1))  # + EOS
         if option["length"] < need:
             raise ConfigError("pretrain.curriculum", f"option {option}: {option['length']} tokens cannot hold the "
                               f"needle template with the longest keys ({need} tokens); allowed: length >= {need}")

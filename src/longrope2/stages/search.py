@@ -20,7 +20,7 @@ from ..artifacts import StageRun, verify_inputs
 from ..checkpoints import GenerationLog, fingerprint
 from ..errors import ConfigError
 from ..needles import load_set
-from ..scoring import Evaluator
+from ..scoring import Evaluator, EvaluatorPool
 from ..search import Search, SearchConfig, Space
 
 NAME = "search"
@@ -38,6 +38,27 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--method", required=True, choices=methods.SEARCHED_METHODS, help="which search to run")
     p.add_argument("--checkpoint-dir", metavar="DIR", help="per-generation log to resume from (default <out>/../.checkpoints)")
     p.add_argument("--racing", choices=["on", "off"], help="override search.racing.enabled")
+    p.add_argument("--devices", nargs="+", metavar="DEV",
+                   help="score candidates on these devices, one model copy and evaluator each: a GPU count N "
+                        "(cuda:0..N-1; the rule passes its gpu resource) or device names (cuda:1 cpu ...); "
+                        "default one device. The result does not depend on it")
+
+
+def devices(spec: list[str] | None) -> list:
+    """The evaluators' devices: ``None`` -> the default device (a GPU where present, else the CPU); ``["N"]``
+    -> the first N GPUs (N = 0: the CPU); otherwise the named devices."""
+    import torch
+
+    if not spec:
+        return [models.device_and_dtype()[0]]
+    if len(spec) == 1 and spec[0].isdigit():
+        n = int(spec[0])
+        if n == 0:
+            return [torch.device("cpu")]
+        if n > torch.cuda.device_count():
+            raise ConfigError("--devices", f"{n} GPUs asked, {torch.cuda.device_count()} visible")
+        return [torch.device("cuda", i) for i in range(n)]
+    return [torch.device(d) for d in spec]
 
 
 def make_space(kind: str, geom, target: int, method: str) -> tuple[Space, list[np.ndarray]]:
@@ -107,8 +128,10 @@ def run(cfg: dict, out: str, args: argparse.Namespace) -> None:
         raise ConfigError("search.parents", f"must not exceed search.population={scfg.population}")
     subset = {**cfg, "method": args.method, "racing": scfg.racing}
     data = load_set(Path(args.needles) / f"{objective}.npz")
-    model, _ = models.load_pretrained(args.model)
-    fitness = Evaluator(model, data["input_ids"], data["labels"], sc["batch_tokens"])
+    # one model copy and evaluator per device; the search hands them candidates and gathers in order
+    fitness = EvaluatorPool([Evaluator(models.load_pretrained(args.model, device=d)[0], data["input_ids"], data["labels"],
+                                       sc["batch_tokens"]) for d in devices(args.devices)])
+    model = fitness.first.model
     space, seeds = make_space(method.space, geom, target, args.method)
     ckpt_dir = Path(args.checkpoint_dir or Path(out).parent / ".checkpoints" / f"search-{args.method}")
     ckpt_dir.mkdir(parents=True, exist_ok=True)

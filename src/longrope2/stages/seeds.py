@@ -1,0 +1,128 @@
+"""Replicates: the same tables from several seeds' runs, as the mean and a 95% interval across seeds.
+
+Each seed of ``experiment.seeds`` runs the whole DAG (pretraining, search, fine-tuning, evaluation) as
+experiment ``<name>-seed<S>``. Within one run a cell's interval covers its evaluation samples; across
+seeds the interval here covers what a rerun from another seed would give (Student's t on the per-seed
+values, n - 1 degrees of freedom). A comparison "holds" when its per-seed differences' interval
+excludes 0, else it is "no difference".
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from ..artifacts import StageRun
+
+NAME = "seeds"
+HELP = "mean and 95% interval across seeds of each replicate's tables"
+CONFIG_KEYS = ("experiment.seeds",)
+INPUTS = ()
+
+#: two-sided 95% Student-t quantiles by degrees of freedom (1..30); beyond, the normal 1.96
+T95 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131,
+       2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042)
+
+#: table (path under a run's results folder) -> (key columns, value columns)
+TABLES = {
+    "ruler": ("tables/ruler/ruler.csv", ["stage", "method", "length"], ["score"]),
+    "retention": ("tables/ruler/retention.csv", ["stage", "method", "length"], ["retention"]),
+    "comparisons": ("tables/ruler/comparisons.csv", ["comparison", "stage", "a", "b", "length"], ["diff"]),
+    "training_free": ("tables/training_free/training_free.csv", ["method", "length"], ["needle_acc", "needle_ppl", "ppl"]),
+    "finetune": ("tables/finetune/finetune_comparison.csv", ["method", "stage", "length"],
+                 ["needle_acc", "needle_ppl", "ppl"]),
+}
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--runs", nargs="+", required=True, metavar="DIR", help="results/<name>-seed<S> of each seed")
+
+
+def t95(n: int) -> float:
+    return T95[n - 2] if 2 <= n <= len(T95) + 1 else 1.96
+
+
+def across(values: np.ndarray) -> dict:
+    """Mean and 95% t-interval of per-seed values (no interval from one seed)."""
+    v = values[np.isfinite(values)]
+    n = len(v)
+    if n == 0:
+        return {"mean": math.nan, "lo": math.nan, "hi": math.nan, "seeds": 0}
+    mean = float(v.mean())
+    half = t95(n) * float(v.std(ddof=1)) / math.sqrt(n) if n > 1 else math.nan
+    return {"mean": mean, "lo": mean - half, "hi": mean + half, "seeds": n}
+
+
+def summarise(frames: list[pd.DataFrame], keys: list[str], values: list[str]) -> pd.DataFrame:
+    """One row per key and value column: the mean, interval and per-seed values across the runs."""
+    rows = []
+    stacked = pd.concat([f.assign(_seed=i) for i, f in enumerate(frames)], ignore_index=True)
+    stacked["length"] = stacked["length"].astype(str)
+    for key, g in stacked.groupby(keys, sort=False):
+        for col in values:
+            per_seed = pd.to_numeric(g.set_index("_seed")[col], errors="coerce").reindex(range(len(frames)))
+            rows.append({**dict(zip(keys, key)), "metric": col, **across(per_seed.to_numpy(dtype=float)),
+                         "per_seed": " ".join("nan" if math.isnan(x) else f"{x:.6g}" for x in per_seed)})
+    return pd.DataFrame(rows)
+
+
+def verdicts(df: pd.DataFrame) -> pd.DataFrame:
+    """Comparisons: holds (a better) / reversed (b better) when the seeds' interval excludes 0."""
+    def one(r):
+        if r["seeds"] < 2 or math.isnan(r["lo"]):
+            return "one seed"
+        return "holds" if r["lo"] > 0 else "reversed" if r["hi"] < 0 else "no difference"
+
+    return df.assign(verdict=df.apply(one, axis=1)) if len(df) else df
+
+
+def d_rcd(runs: list[Path]) -> pd.DataFrame:
+    rows = []
+    for i, run in enumerate(runs):
+        for f in sorted((run / "search").glob("*/factors.json")):
+            d = json.loads(f.read_text())
+            if d.get("d_rcd") is not None:
+                rows.append({"method": f.parent.name, "length": "-", "d_rcd": float(d["d_rcd"]), "_seed": i})
+    if not rows:
+        return pd.DataFrame(columns=["method", "length", "metric", "mean", "lo", "hi", "seeds", "per_seed"])
+    return summarise([pd.DataFrame([r for r in rows if r["_seed"] == i]).drop(columns="_seed") for i in range(len(runs))],
+                     ["method", "length"], ["d_rcd"])
+
+
+def markdown(name: str, df: pd.DataFrame) -> str:
+    if df.empty:
+        return ""
+    keys = [c for c in df.columns if c not in ("mean", "lo", "hi", "seeds", "per_seed", "verdict")]
+    head = keys + ["mean [95% interval across seeds]", "seeds"] + (["verdict"] if "verdict" in df else [])
+    out = [f"### {name}", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for _, r in df.iterrows():
+        cell = f"{r['mean']:.4g}" + (f" [{r['lo']:.4g}, {r['hi']:.4g}]" if not math.isnan(r["lo"]) else "")
+        out.append("| " + " | ".join(str(r[k]) for k in keys) + f" | {cell} | {r['seeds']} |"
+                   + (f" {r['verdict']} |" if "verdict" in df else ""))
+    return "\n".join(out + [""])
+
+
+def run(cfg: dict, out: str, args: argparse.Namespace) -> None:
+    runs = [Path(r) for r in args.runs]
+    inputs = [r / rel for r in runs for rel, _, _ in TABLES.values() if (r / rel).is_file()]
+    with StageRun("seeds", out, cfg, inputs=inputs, seed=None) as run_:
+        md = [f"# Across {len(runs)} seeds ({', '.join(r.name for r in runs)})", ""]
+        for name, (rel, keys, values) in TABLES.items():
+            frames = [pd.read_csv(r / rel) for r in runs if (r / rel).is_file()]
+            if len(frames) != len(runs):  # a table this experiment does not make: the header alone
+                df = pd.DataFrame(columns=[*keys, "metric", "mean", "lo", "hi", "seeds", "per_seed"])
+            else:
+                df = summarise(frames, keys, values)
+                df = verdicts(df) if name == "comparisons" else df
+            df.to_csv(run_.path(f"{name}.csv"), index=False, float_format="%.6g")
+            md.append(markdown(name, df))
+        dr = d_rcd(runs)
+        dr.to_csv(run_.path("d_rcd.csv"), index=False, float_format="%.6g")
+        md.append(markdown("searched d_rcd", dr))
+        run_.write_text("seeds.md", "\n".join(md))
+    print("\n".join(md))

@@ -1,0 +1,54 @@
+"""Replicates: the paper experiment runs the whole DAG once per seed and summarises the tables across seeds."""
+
+import math
+
+import pandas as pd
+import pytest
+
+from conftest import REPO, run_cli, snakemake
+from longrope2.stages import seeds
+
+
+def test_interval_across_seeds_is_students_t():
+    r = seeds.across(pd.Series([1.0, 2.0, 3.0]).to_numpy())
+    assert r["mean"] == 2.0 and r["seeds"] == 3
+    assert r["hi"] - r["mean"] == pytest.approx(4.303 * 1.0 / math.sqrt(3), rel=1e-6)
+    assert math.isnan(seeds.across(pd.Series([5.0]).to_numpy())["lo"])  # one seed: no interval
+
+
+def fake_run(root, seed, shift):
+    (root / "tables" / "ruler").mkdir(parents=True)
+    (root / "tables" / "training_free").mkdir(parents=True)
+    (root / "tables" / "finetune").mkdir(parents=True)
+    (root / "search" / "longrope2").mkdir(parents=True)
+    pd.DataFrame({"stage": ["after", "after"], "method": ["yarn", "longrope2"], "length": [2048, 2048],
+                  "score": [50 + shift, 60 + shift], "lo": 0, "hi": 0, "n": 200}).to_csv(root / "tables/ruler/ruler.csv", index=False)
+    pd.DataFrame({"comparison": ["LongRoPE2 vs YaRN"], "stage": ["after"], "a": ["longrope2"], "b": ["yarn"],
+                  "length": [2048], "diff": [10 + shift]}).to_csv(root / "tables/ruler/comparisons.csv", index=False)
+    pd.DataFrame({"method": ["none"], "length": [512], "needle_acc": [0.9], "needle_ppl": [1.1], "ppl": [30.0]}) \
+        .to_csv(root / "tables/training_free/training_free.csv", index=False)
+    (root / "search" / "longrope2" / "factors.json").write_text(f'{{"d_rcd": {14 + seed}}}')
+
+
+def test_seeds_stage_summarises_every_table(tmp_path):
+    runs = [tmp_path / f"paper-seed{s}" for s in (1, 2, 3)]
+    for i, r in enumerate(runs):
+        fake_run(r, i, shift=i)
+    out = tmp_path / "seeds"
+    run_cli("seeds", "--config-json", '{"experiment":{"seeds":[1,2,3]}}', "--runs", *runs, "--out", out)
+    ruler = pd.read_csv(out / "ruler.csv")
+    lr2 = ruler[ruler["method"] == "longrope2"].iloc[0]
+    assert lr2["mean"] == 61 and lr2["seeds"] == 3 and lr2["per_seed"] == "60 61 62"
+    comp = pd.read_csv(out / "comparisons.csv").iloc[0]
+    assert comp["verdict"] == "holds" and comp["lo"] > 0  # 10, 11, 12: the interval excludes 0
+    assert pd.read_csv(out / "d_rcd.csv")["mean"].iloc[0] == 15
+    assert pd.read_csv(out / "retention.csv").empty and pd.read_csv(out / "finetune.csv").empty  # tables not made
+    assert "Across 3 seeds" in (out / "seeds.md").read_text() and (out / "manifest.json").is_file()
+
+
+def test_paper_experiment_runs_every_stage_once_per_seed(workdir):
+    proc = snakemake("-n", "--configfile", "config/experiments/paper.yaml", cwd=workdir)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    for seed in (1234, 2345, 3456):
+        assert f"seed{seed}_pretrain" in proc.stdout and f"seed{seed}_finetune" in proc.stdout
+    assert "seeds_summary" in proc.stdout
