@@ -16,6 +16,7 @@ if config["experiment"].get("seeds"):
         default_target: True
         input:
             SEEDS_OUT / "seeds.md",
+            [getattr(rules, f"seed{seed}_all").input for seed in SEEDS],
 
 else:
 

@@ -102,7 +102,8 @@ def multinode(stage):
 
 def devices(wildcards, resources):
     """`--devices N`: the search scores candidates on the N GPUs its job gets (one evaluator each); with one
-    GPU or none the stage uses its default device (the GPU if there is one, else the CPU)."""
+    GPU or none the stage uses its default device (the GPU if there is one, else the CPU).
+    """
     return f"--devices {resources.gpu}" if resources.gpu > 1 else ""
 
 

@@ -40,7 +40,7 @@ for SEED in SEEDS:
         config:
             seed_config(SEED)
 
-    use rule * from SEED_MODULE exclude all as SEED_MODULE*
+    use rule * from SEED_MODULE as SEED_MODULE*
 
 
 rule seeds_summary:

@@ -164,13 +164,13 @@ def job_counts(stdout: str) -> dict[str, int]:
 
 RULER = {"ruler_training_free": 6, "ruler_finetuned": 3, "table_ruler": 1}
 RULER_DATA = {"ruler_data": 7}  # one job per task (5 RULER, heat map, passkey), both lengths in each
-AFTER_SEARCH = {"search": 2, "baseline": 2, "export": 4, "evaluate_training_free": 4, "table_training_free": 1,
+AFTER_SEARCH = {"search": 2, "factor_shape": 1, "baseline": 2, "export": 4, "evaluate_training_free": 4, "table_training_free": 1,
                 "finetune": 2, "evaluate_finetuned": 2, "table_finetune": 1,
                 "ruler_training_free": 4, "ruler_finetuned": 2, "table_ruler": 1}
 EVALUATIONS = {"evaluate_training_free": 6, "table_training_free": 1, "evaluate_finetuned": 3, "table_finetune": 1}
-AFTER_MODEL = {"retrieval": 1, "search": 2, "baseline": 2, "export": 6, "evaluate_training_free": 6,
+AFTER_MODEL = {"retrieval": 1, "search": 2, "factor_shape": 1, "baseline": 2, "export": 6, "evaluate_training_free": 6,
                "table_training_free": 1, "finetune": 3, "evaluate_finetuned": 3, "table_finetune": 1, **RULER}
-ALL_GEOMETRY = {"search": 2, "baseline": 4, "export": 6, "evaluate_training_free": 6, "table_training_free": 1,
+ALL_GEOMETRY = {"search": 2, "factor_shape": 1, "baseline": 4, "export": 6, "evaluate_training_free": 6, "table_training_free": 1,
                 "finetune": 3, "evaluate_finetuned": 3, "table_finetune": 1, **RULER}
 
 
