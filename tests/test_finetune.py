@@ -67,9 +67,35 @@ def test_needle_documents_every_token_supervised(tiny_corpus, tiny_llama):
         # LM loss on every token of short and long rows alike; only documents' BOS tokens are not targets
         np.testing.assert_array_equal(lab[1:] == -100, ids[1:] == tok.bos_token_id)
         assert "special magic number" in tok.decode(ids.tolist())
+        # answers: the 7-digit value after each question, and its EOS
+        marked = ids[r["answers"]]
+        assert marked[-1] == tok.eos_token_id and (marked == tok.eos_token_id).sum() >= 1
+        assert tok.decode(marked[marked != tok.eos_token_id].tolist()).replace(" ", "").isdigit()
         kinds.add(bool(r["is_long"]))
     assert kinds == {True, False}
     np.testing.assert_array_equal(pk.row(3)["input_ids"], pk.row(3)["input_ids"])
+
+
+def test_answer_weight_adds_the_answer_mean(tiny_corpus, tiny_llama):
+    """loss / count = token mean + w x answer mean, the same formula for short and long rows."""
+    from longrope2.needles import NeedleBuilder
+
+    model, tok = tiny_llama
+    train = TokenizedCorpus(tiny_corpus, "train")
+    pk = Packer(train, RowSpec(1024, 256, 0.5, seed=5, needle_fraction=1.0), tok.bos_token_id,
+                NeedleBuilder(train, tok, {"preamble": ""}, 0))
+    b = pk.batch(range(3))
+    assert b["answers"].any(1).all()
+    with torch.no_grad():
+        plain, count = CausalLMLoss(model, chunk=64)(b["input_ids"], b["position_ids"], b["labels"], b["answers"])
+        weighted, count2 = CausalLMLoss(model, chunk=64, answer_weight=0.5)(
+            b["input_ids"], b["position_ids"], b["labels"], b["answers"])
+        logits = model(input_ids=b["input_ids"], position_ids=b["position_ids"], use_cache=False).logits[:, :-1]
+    nll = F.cross_entropy(logits.transpose(1, 2), b["labels"][:, 1:], ignore_index=-100, reduction="none")
+    answer_mean = nll[b["answers"][:, 1:]].mean()
+    assert count == count2
+    torch.testing.assert_close(plain / count, nll[b["labels"][:, 1:] != -100].mean(), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(weighted / count, plain / count + 0.5 * answer_mean, rtol=1e-5, atol=1e-6)
 
 
 def test_long_only_ablation_changes_only_the_rope(packer, tiny_llama):

@@ -59,6 +59,8 @@ def test_pretrain_writes_loadable_model_and_curve(tmp_path, micro_corpus):
     assert model.config.rope_parameters["rope_theta"] == 10000.0 and model.config.max_position_embeddings == 256
     assert len(tok) == model.config.vocab_size
     curve = (out / "pretrain_curve.csv").read_text().splitlines()
+    # RULER's needle prompts do not fit the micro model's 256 tokens with its 512-token vocabulary: the
+    # curve then has no RULER columns (test_ruler_curve_set_at_l0 shows them at 512)
     assert curve[0] == "step,wall_s,tokens,acc_single,acc_multi,ppl_L0" and curve[-1].startswith("12,")
     summary = json.loads((out / "pretrain.json").read_text())
     assert summary["steps"] == 12 and summary["tokens"] > 0
@@ -153,3 +155,62 @@ def test_needle_batch_ends_with_a_labelled_eos(micro_corpus, placement):
         needle = builder.encode(builder.t["needle"].split(" magic")[0])  # "One of the special"
         at = 1 + len(builder.preamble)
         assert all(ids[i, at : at + len(needle)].tolist() == needle for i in range(4))
+
+
+def test_ruler_batch_is_fresh_ruler_format_with_a_labelled_eos(micro_corpus):
+    """kind: ruler draws RULER's own wording and keys from the training split, never the evaluation's
+    samples; the answer and its EOS are the only labels; corpus placement records needle distances."""
+    import random
+
+    from transformers import AutoTokenizer
+
+    from longrope2 import distances as dist
+    from longrope2.corpus import TokenizedCorpus
+    from longrope2.evaluation import ruler
+    from longrope2.stages.pretrain import RulerSource, make_batch
+
+    tok = AutoTokenizer.from_pretrained(micro_corpus / "tokenizer")
+    train = TokenizedCorpus(micro_corpus, "train")
+    source = RulerSource.from_corpus(train, tok, random.Random(3))
+    sampler = dist.DistanceSampler.from_distances(dist.repeat_distances(train, tok), 256)
+    opt = {"kind": "ruler", "length": 512, "tasks": ["niah_single_1", "niah_single_2", "passkey"], "placement": "corpus"}
+    seen = []
+    ids, lab = make_batch(None, opt, 6, tok.pad_token_id, sampler, seen, source)
+    assert ids.shape[0] == 6 and ids.shape[1] <= 512 and 0 < len(seen) <= 6
+    evaluation = {s["outputs"][0] for t in opt["tasks"] for s in ruler.generate(t, 512, 6, tok, source.text, 7)}
+    for row, labels in zip(ids, lab):
+        n = int((row != tok.pad_token_id).sum())
+        answer = labels[labels != -100]
+        assert answer[-1] == tok.eos_token_id and labels[n - 1] == tok.eos_token_id
+        assert torch.equal(row[n - len(answer) : n], answer)  # the labels are the sequence's last tokens
+        text = tok.decode(row[: n - len(answer)].tolist())
+        assert text.startswith(tok.bos_token) and ("special magic" in text or "pass key" in text)
+        value = tok.decode(answer[:-1].tolist()).strip()
+        assert value.isdigit() and value not in evaluation
+    assert torch.equal(make_batch(None, opt, 6, tok.pad_token_id, sampler, [], RulerSource(source.text, tok, random.Random(3)))[0], ids)
+
+
+def test_ruler_option_that_cannot_fit_fails_before_training(tmp_path, micro_corpus):
+    cfg = longer(tmp_path, 40, curriculum=[{"from_step": 0, "length": 192},
+                                           {"from_step": 30, "kind": "ruler", "length": 256, "tasks": ["vt"]}])
+    proc = run_cli("pretrain", "--config", *cfg, "--corpus", micro_corpus, "--out", tmp_path / "out",
+                   "--checkpoint-dir", tmp_path / "ck", check=False)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1
+    assert "pretrain.curriculum: RULER task vt at 256 tokens" in lines[0] and "use lengths of at least" in lines[0]
+    assert not (tmp_path / "out").exists()
+
+
+def test_ruler_curve_set_at_l0(micro_corpus):
+    """The curve's RULER columns: niah_single_1/2/3 and multikey_1 prompts at L0 from the validation split,
+    each answer labelled right after its prompt."""
+    from transformers import AutoTokenizer
+
+    from longrope2.stages.pretrain import CURVE_TASKS, ruler_curve_set
+
+    tok = AutoTokenizer.from_pretrained(micro_corpus / "tokenizer")
+    sets = ruler_curve_set(micro_corpus, tok, 512, 3)
+    assert tuple(sets) == CURVE_TASKS
+    for ids, lab in sets.values():
+        assert ids.shape[0] == 3 and ids.shape[1] <= 512
+        assert ((lab != -100).sum(1) >= 2).all()

@@ -9,7 +9,8 @@
 With ``needle_fraction > 0`` a packed document is, with that probability, a RULER-style needle sample
 of the same length instead of plain text, so fine-tuning keeps the retrieval the scale model was
 pre-trained on. Every token but a document's BOS is supervised (LM loss), needle samples included,
-so short and long rows carry the same kind of supervision.
+so short and long rows carry the same kind of supervision; ``answers`` marks the answer tokens (and their
+EOS), which ``finetune.answer_weight`` weights again, alike in both row types.
 
 Row ``i`` is a pure function of ``(seed, i)``: the data position of a resumed run is just its step, and
 DDP ranks take disjoint row indices.
@@ -52,16 +53,18 @@ class Packer:
             raise ConfigError("corpus", "the train split has no usable documents for fine-tuning rows")
 
     def row(self, index: int) -> dict[str, np.ndarray]:
-        """input_ids, position_ids, labels (HF convention: labels[t] = input_ids[t], -100 = no loss), is_long."""
+        """input_ids, position_ids, labels (HF convention: labels[t] = input_ids[t], -100 = no loss), answers
+        (needle answers and their EOS), is_long."""
         rng = np.random.default_rng([self.spec.seed, index])
         is_long = rng.random() >= self.spec.short_fraction
         L = self.spec.length
         ids, pos, lab = (np.empty(L, np.int64) for _ in range(3))
+        answers = np.zeros(L, dtype=bool)
         filled = 0
         while filled < L:
             if self.spec.needle_fraction and rng.random() < self.spec.needle_fraction:
                 n = self._needle_document(rng, L - filled if is_long else min(L - filled, self.spec.original_length),
-                                          is_long, filled, ids, pos, lab)
+                                          is_long, filled, ids, pos, lab, answers)
                 if n:
                     filled += n
                     continue
@@ -85,9 +88,9 @@ class Packer:
             if not is_long or filled > 0:
                 lab[filled] = IGNORE_INDEX  # never predict a document's BOS from the previous document
             filled += n
-        return {"input_ids": ids, "position_ids": pos, "labels": lab, "is_long": np.bool_(is_long)}
+        return {"input_ids": ids, "position_ids": pos, "labels": lab, "answers": answers, "is_long": np.bool_(is_long)}
 
-    def _needle_document(self, rng, room: int, is_long: bool, at: int, ids, pos, lab) -> int:
+    def _needle_document(self, rng, room: int, is_long: bool, at: int, ids, pos, lab, answers) -> int:
         """Write a needle sample (ending with EOS) of ``room`` (long rows) or half-to-all of ``room`` tokens at ``at``; returns
         its length, 0 when it does not fit the template."""
         n = room if is_long else int(rng.integers(room // 2, room + 1))
@@ -100,8 +103,10 @@ class Packer:
         pos[at : at + n] = np.arange(at, at + n) if is_long else np.arange(n)
         lab[at : at + n] = ids[at : at + n]
         lab[at] = IGNORE_INDEX  # its BOS
+        answers[at : at + n - 1] = sample.labels != IGNORE_INDEX
+        answers[at + n - 1] = True  # the EOS after the answer
         return n
 
     def batch(self, indices) -> dict[str, torch.Tensor]:
         rows = [self.row(int(i)) for i in indices]
-        return {k: torch.from_numpy(np.stack([r[k] for r in rows])) for k in ("input_ids", "position_ids", "labels", "is_long")}
+        return {k: torch.from_numpy(np.stack([r[k] for r in rows])) for k in ("input_ids", "position_ids", "labels", "answers", "is_long")}

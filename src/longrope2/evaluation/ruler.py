@@ -710,6 +710,20 @@ def generate(task: str, length: int, n: int, tokenizer, haystack: str, seed: int
     return samples
 
 
+def answer_text(task: str, outputs: Sequence[str]) -> str:
+    """What a model that solves a sample writes after its gen_prefix, in the form NVIDIA's one-shot examples
+    use (variable tracking: names after "they are: "; common words: a numbered list); the training target
+    of the scale model's RULER-format pretraining. Scoring never needs it: it looks for each reference."""
+    spec = ALL_TASKS[task]
+    if spec.generator == "variable_tracking":
+        return " ".join(outputs)
+    if spec.generator == "common_words_extraction":
+        return " " + _numbered(outputs)
+    if spec.generator == "freq_words_extraction":
+        return " " + " ".join(outputs)
+    return " " + ", ".join(outputs)
+
+
 def _qa_samples(task: str, spec: Task, length: int, n: int, tokens: _Tokens, budget: int, seed: int,
                 qa_data: list | None) -> Iterator[tuple[_Draft, int]]:
     """QA samples over the questions in a seeded order (the same at every length, so lengths compare the

@@ -45,7 +45,7 @@ NAME = "finetune"
 HELP = "mixed context window fine-tuning of one method (resumable; DDP/FSDP under torchrun)"
 CONFIG_KEYS = ("experiment.seed", "model.geometry", "extension.target_length", "needles.template",
                *(f"finetune.{k}" for k in ("steps", "batch_size", "grad_accum", "lr", "min_lr_ratio", "warmup_steps",
-                                           "short_fraction", "needle_fraction", "checkpoint_every",
+                                           "short_fraction", "needle_fraction", "answer_weight", "checkpoint_every",
                                            "gradient_checkpointing", "ce_chunk", "parallel", "attn_implementation",
                                            "row_length")))
 #: arguments naming input artifacts, checked against their producers' manifests before any work
@@ -63,13 +63,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 class CausalLMLoss(torch.nn.Module):
-    """Wraps a causal LM so DDP/FSDP see one forward: summed token NLL and token count of a batch."""
+    """Wraps a causal LM so DDP/FSDP see one forward: summed token NLL and token count of a batch.
 
-    def __init__(self, lm, chunk: int):
+    With ``answer_weight`` w and an ``answers`` mask, the sum becomes ``count * (token mean + w * answer
+    mean)``: a needle's few answer tokens keep their weight next to thousands of text tokens, alike in short
+    and long rows (as pretraining weighs them), while every token stays supervised."""
+
+    def __init__(self, lm, chunk: int, answer_weight: float = 0.0):
         super().__init__()
-        self.lm, self.chunk = lm, chunk
+        self.lm, self.chunk, self.answer_weight = lm, chunk, answer_weight
 
-    def forward(self, input_ids, position_ids, labels):
+    def forward(self, input_ids, position_ids, labels, answers=None):
         # no KV cache: with one, transformers would not derive per-document masks from position_ids
         hidden = self.lm.base_model(input_ids=input_ids, position_ids=position_ids, use_cache=False).last_hidden_state
         target = labels[:, 1:]
@@ -80,7 +84,13 @@ class CausalLMLoss(torch.nn.Module):
         for i in range(0, len(tgt), self.chunk):
             # recomputed in backward: at most `chunk` rows of vocabulary logits exist at any time
             total = total + checkpoint(_ce_sum, head, rows[i : i + self.chunk], tgt[i : i + self.chunk], use_reentrant=False)
-        return total, keep.sum()
+        count = keep.sum()
+        if self.answer_weight and answers is not None:
+            is_answer = answers[:, 1:] & keep
+            n_answer = is_answer.sum()
+            answer_sum = _ce_sum(head, hidden[:, :-1][is_answer], target[is_answer])  # a few rows: no chunks
+            total = total + self.answer_weight * count * answer_sum / n_answer.clamp(min=1)
+        return total, count
 
 
 def _ce_sum(head, rows, tgt):
@@ -166,7 +176,7 @@ def run(cfg: dict, out: str, args: argparse.Namespace) -> None:
     if p["gradient_checkpointing"]:
         lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     lm.train()
-    model = wrap(CausalLMLoss(lm, p["ce_chunk"]), world, p["parallel"], device)
+    model = wrap(CausalLMLoss(lm, p["ce_chunk"], p["answer_weight"]), world, p["parallel"], device)
     opt = torch.optim.AdamW(model.parameters(), lr=p["lr"], betas=(0.9, 0.95), weight_decay=0.0)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda step: warmup_cosine(step, p["steps"], p["warmup_steps"], p["min_lr_ratio"]))
@@ -201,7 +211,7 @@ def run(cfg: dict, out: str, args: argparse.Namespace) -> None:
             first = step * rows_per_step + (micro * world + rank) * p["batch_size"]
             b = {k: v.to(device) for k, v in packer.batch(range(first, first + p["batch_size"])).items()}
             with autocast:
-                nll, count = model(b["input_ids"], b["position_ids"], b["labels"])
+                nll, count = model(b["input_ids"], b["position_ids"], b["labels"], b["answers"])
             # normalise by this micro-batch's tokens; accumulation averages micro-batches
             (nll / count.clamp(min=1) / p["grad_accum"]).backward()
             loss_sum += float(nll.detach())

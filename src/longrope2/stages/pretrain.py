@@ -30,6 +30,7 @@ from ..artifacts import StageRun, verify_inputs
 from ..checkpoints import Checkpoints, fingerprint
 from ..corpus import TokenizedCorpus
 from ..errors import ConfigError
+from ..evaluation import ruler
 from ..needles import IGNORE_INDEX, NeedleBuilder, plain_set
 from ..training import warmup_cosine
 
@@ -67,11 +68,58 @@ def curriculum_at(curriculum: list[dict], step: int) -> list[dict]:
     return [c for c in curriculum if c["from_step"] == started]
 
 
-def make_batch(builder: NeedleBuilder, opt: dict, batch_size: int, pad_id: int, sampler=None, seen=None):
+class RulerSource:
+    """Fresh samples of RULER's task families for pretraining, disjoint from the evaluation's: the essay
+    haystack is cut from the *training* split's text at a random offset, and keys, values and noise come
+    from a seed stream of their own (``train-...``; the evaluation's seed is the experiment seed). The
+    same generator as the RULER stage writes them, so the base learns RULER's wording, keys (adjective-noun
+    pairs, UUIDs) and haystacks, not only this repository's needle template."""
+
+    CHARS_PER_TOKEN = 8  # a haystack slice with room to spare: the generator repeats a short one
+    DRAWS = 8  # fresh draws before a length that cannot hold a task's longer keys is an error
+
+    def __init__(self, text: str, tokenizer, rng: random.Random):
+        self.text, self.tok, self.rng = text, tokenizer, rng
+
+    @classmethod
+    def from_corpus(cls, corpus: TokenizedCorpus, tokenizer, rng: random.Random) -> "RulerSource":
+        return cls("\n\n".join(tokenizer.decode(corpus[i].tolist()) for i in range(len(corpus))), tokenizer, rng)
+
+    def sample(self, task: str, length: int, reserve: int, sampler=None) -> tuple[list[int], list[int], int | None]:
+        """(prompt ids with BOS, answer ids, needle-to-question distance or None) with prompt + answer +
+        EOS within ``length``; ``sampler`` draws the queried needle's distance (else a uniform depth)."""
+        r = self.rng
+        for attempt in range(self.DRAWS):
+            seed, start = f"train-{r.getrandbits(64)}", r.randrange(max(1, len(self.text) - length * self.CHARS_PER_TOKEN))
+            haystack = self.text[start : start + length * self.CHARS_PER_TOKEN]
+            depth = r.random() if sampler is None else 1.0 - sampler.draw(r, length - reserve) / (length - reserve)
+            try:
+                s = ruler.generate(task, length, 1, self.tok, haystack, seed, depths=[depth], max_new_tokens=reserve)[0]
+            except ConfigError as e:  # these keys are too long for this length: draw again, a few times
+                if attempt + 1 < self.DRAWS:
+                    continue
+                reason = str(e).split(": ", 1)[-1]
+                raise ConfigError("pretrain.curriculum", f"RULER task {task} at {length} tokens: {reason}") from None
+            prompt = ruler.prompt_ids(self.tok, s["input"] + s["gen_prefix"])
+            answer = self.tok(ruler.answer_text(task, s["outputs"]), add_special_tokens=False)["input_ids"]
+            if len(prompt) + len(answer) + 1 > length:  # a long answer (four UUIDs): the same sample, less haystack
+                s = ruler.generate(task, length, 1, self.tok, haystack, seed, depths=[depth], max_new_tokens=len(answer) + 1)[0]
+                prompt = ruler.prompt_ids(self.tok, s["input"] + s["gen_prefix"])
+            break
+        distance = None
+        if ruler.ALL_TASKS[task].generator == "niah" and s["depth"] is not None:
+            distance = max(1, round((1.0 - s["depth"]) * (len(prompt) - 1)))
+        return prompt, answer, distance
+
+
+def make_batch(builder: NeedleBuilder, opt: dict, batch_size: int, pad_id: int, sampler=None, seen=None,
+               ruler_source: RulerSource | None = None):
     """One batch of the option's samples (``length`` tokens each, the last one EOS); ``sampler`` places needles at corpus distances when the option's
     ``placement`` is ``corpus``; ``seen`` (a list) collects each sample's needle-to-question distance."""
     if opt.get("kind", "needle") == "copy":
         return copy_batch(builder, opt["length"], batch_size)
+    if opt.get("kind") == "ruler":
+        return ruler_batch(ruler_source, opt, batch_size, pad_id, sampler, seen)
     placement, n = opt.get("placement", "uniform"), opt.get("needles", 1)
     place = sampler if placement == "corpus" else None
     depths = [0.0] * n if placement == "start" else None
@@ -89,6 +137,25 @@ def make_batch(builder: NeedleBuilder, opt: dict, batch_size: int, pad_id: int, 
         ids[i, :n_ids] = torch.from_numpy(s.input_ids)
         lab[i, :n_ids] = torch.from_numpy(s.labels)
         ids[i, n_ids] = lab[i, n_ids] = builder.tok.eos_token_id
+    return ids, lab
+
+
+def ruler_batch(source: RulerSource, opt: dict, batch_size: int, pad_id: int, sampler=None, seen=None):
+    """A batch of RULER samples (tasks drawn per sample), the answer and its EOS labelled, right-padded."""
+    place = sampler if opt.get("placement", "uniform") == "corpus" else None
+    rows = []
+    for _ in range(batch_size):
+        task = source.rng.choice(opt["tasks"])
+        prompt, answer, distance = source.sample(task, opt["length"], opt.get("max_new_tokens", 48), place)
+        rows.append((prompt, answer + [source.tok.eos_token_id]))
+        if seen is not None and distance is not None:
+            seen.append(distance)
+    width = max(len(p) + len(a) for p, a in rows)
+    ids = torch.full((batch_size, width), pad_id, dtype=torch.long)
+    lab = torch.full((batch_size, width), IGNORE_INDEX, dtype=torch.long)
+    for i, (p, a) in enumerate(rows):
+        ids[i, : len(p) + len(a)] = torch.tensor(p + a)
+        lab[i, len(p) : len(p) + len(a)] = torch.tensor(a)
     return ids, lab
 
 
@@ -139,7 +206,15 @@ def run(cfg: dict, out: str, args: argparse.Namespace) -> None:
     other = [q for q in model.parameters() if q.dim() < 2]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": p["weight_decay"]}, {"params": other, "weight_decay": 0.0}],
                             lr=p["lr"], betas=(0.9, 0.95))
+    ruler_source = None
+    if any(o.get("kind") == "ruler" for o in p["curriculum"]):
+        ruler_source = RulerSource.from_corpus(train.corpus, tok, train.rng)  # the builder's rng: checkpointed
+        check = RulerSource(ruler_source.text, tok, random.Random(0))  # checking moves no training draw
     for option in p["curriculum"]:  # fail now, not at the step where a draw of long keys does not fit
+        if option.get("kind") == "ruler":
+            for task in option["tasks"]:
+                check.sample(task, option["length"], option.get("max_new_tokens", 48))
+            continue
         is_copy = option.get("kind", "needle") == "copy"
         need = 3 if is_copy else 1 + train.longest(option.get("needles", 1), option.get("queries", 1))  # + EOS
         if option["length"] < need:
@@ -168,7 +243,8 @@ def run(cfg: dict, out: str, args: argparse.Namespace) -> None:
         for g in opt.param_groups:
             g["lr"] = p["lr"] * warmup_cosine(step, p["steps"], p["warmup_steps"], p["min_lr_ratio"])
         option = curriculum_rng.choice(curriculum_at(p["curriculum"], step))
-        ids, lab = make_batch(train, option, option.get("batch_size", p["batch_size"]), tok.pad_token_id, sampler, seen)
+        ids, lab = make_batch(train, option, option.get("batch_size", p["batch_size"]), tok.pad_token_id, sampler, seen,
+                              ruler_source)
         loss, answer_loss = loss_fn(model, ids, lab, option.get("lm_weight", p["lm_weight"]), tok.pad_token_id)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -216,14 +292,50 @@ def evaluate(model, cfg, corpus_dir, tok, step, wall, tokens) -> dict:
     template = cfg["needles"]["template"]
     single = scoring.needle_accuracy(model, NeedleBuilder(val, tok, template, seed=101), l0, 1, p["eval_samples"], 8192)[0]
     multi = scoring.needle_accuracy(model, NeedleBuilder(val, tok, template, seed=202), l0, 4, p["eval_samples"], 8192)[0]
+    ruler_acc = {}
+    for task, (ids, lab) in ruler_curve_set(corpus_dir, tok, l0, max(1, p["eval_samples"] // 4)).items():
+        ruler_acc[f"acc_{task}"] = float(scoring.score(model, ids, lab).all_correct.float().mean())
     plain = plain_set(val, tok.bos_token_id, l0, p["ppl_samples"], seed=303)
     sc = scoring.score(model, torch.from_numpy(plain["input_ids"]).long(), torch.from_numpy(plain["labels"]).long())
     torch.set_rng_state(rng_state)
     model.train()
     rec = {"step": step, "wall_s": round(wall, 1), "tokens": tokens, "acc_single": single, "acc_multi": multi,
-           "ppl_L0": round(float(torch.exp(sc.nll_sum.sum() / sc.n_tokens.sum())), 3)}
+           **ruler_acc, "ppl_L0": round(float(torch.exp(sc.nll_sum.sum() / sc.n_tokens.sum())), 3)}
     progress.write(str(rec))
     return rec
+
+
+CURVE_TASKS = ("niah_single_1", "niah_single_2", "niah_single_3", "niah_multikey_1")
+_curve_sets: dict = {}
+
+
+def ruler_curve_set(corpus_dir, tok, length: int, n: int) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """RULER needle samples at L0 over the validation split (seed ``curve``, built once per run): the curve
+    shows whether the base answers RULER's prompts, teacher-forced (every answer token the argmax)."""
+    key = (str(corpus_dir), length, n)
+    if key not in _curve_sets:
+        val = TokenizedCorpus(corpus_dir, "validation")
+        source = RulerSource.from_corpus(val, tok, random.Random(0))
+        sets = {}
+        for task in CURVE_TASKS:
+            try:
+                samples = ruler.generate(task, length, n, tok, source.text, "curve", max_new_tokens=48)
+            except ConfigError:  # the task does not fit in L0 (a small test window): not on the curve
+                continue
+            rows = []
+            for sample in samples:
+                prompt = ruler.prompt_ids(tok, sample["input"] + sample["gen_prefix"])
+                answer = tok(ruler.answer_text(task, sample["outputs"]), add_special_tokens=False)["input_ids"]
+                rows.append((prompt, answer[: length - len(prompt)]))
+            width = max(len(a) + len(b) for a, b in rows)
+            ids = torch.full((len(rows), width), tok.pad_token_id, dtype=torch.long)
+            lab = torch.full_like(ids, IGNORE_INDEX)
+            for i, (a, b) in enumerate(rows):
+                ids[i, : len(a) + len(b)] = torch.tensor(a + b)
+                lab[i, len(a) : len(a) + len(b)] = torch.tensor(b)
+            sets[task] = (ids, lab)
+        _curve_sets[key] = sets
+    return _curve_sets[key]
 
 
 def plot_distances(rows: list[dict], l0: int, path) -> None:

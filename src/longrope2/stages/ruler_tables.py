@@ -27,7 +27,7 @@ from ..artifacts import StageRun
 from ..evaluation import ruler
 
 NAME = "ruler-tables"
-HELP = "RULER / heat-map / passkey / retention / ablation tables with 95% intervals from ruler scores"
+HELP = "RULER / heat-map / passkey / retention / ablation tables with 95%% intervals from ruler scores"
 CONFIG_KEYS = ("model.geometry.original_length", "extension.target_length", "evaluation.effective_threshold")
 #: arguments naming input artifacts, checked against their producers' manifests before any work
 INPUTS = ("scores", "suites")

@@ -20,7 +20,7 @@ import pandas as pd
 from ..artifacts import StageRun
 
 NAME = "seeds"
-HELP = "mean and 95% interval across seeds of each replicate's tables"
+HELP = "mean and 95%% interval across seeds of each replicate's tables"
 CONFIG_KEYS = ("experiment.seeds",)
 INPUTS = ()
 
