@@ -100,16 +100,21 @@ class RulerSource:
                     continue
                 reason = str(e).split(": ", 1)[-1]
                 raise ConfigError("pretrain.curriculum", f"RULER task {task} at {length} tokens: {reason}") from None
-            prompt = ruler.prompt_ids(self.tok, s["input"] + s["gen_prefix"])
-            answer = self.tok(ruler.answer_text(task, s["outputs"]), add_special_tokens=False)["input_ids"]
+            prompt, answer = tokenized(self.tok, task, s)
             if len(prompt) + len(answer) + 1 > length:  # a long answer (four UUIDs): the same sample, less haystack
                 s = ruler.generate(task, length, 1, self.tok, haystack, seed, depths=[depth], max_new_tokens=len(answer) + 1)[0]
-                prompt = ruler.prompt_ids(self.tok, s["input"] + s["gen_prefix"])
+                prompt, answer = tokenized(self.tok, task, s)
             break
         distance = None
         if ruler.ALL_TASKS[task].generator == "niah" and s["depth"] is not None:
             distance = max(1, round((1.0 - s["depth"]) * (len(prompt) - 1)))
         return prompt, answer, distance
+
+
+def tokenized(tok, task: str, sample: dict) -> tuple[list[int], list[int]]:
+    """A RULER sample's prompt ids (as the RULER stage feeds them) and its reference answer's ids."""
+    prompt = ruler.prompt_ids(tok, sample["input"] + sample["gen_prefix"])
+    return prompt, tok(ruler.answer_text(task, sample["outputs"]), add_special_tokens=False)["input_ids"]
 
 
 def make_batch(builder: NeedleBuilder, opt: dict, batch_size: int, pad_id: int, sampler=None, seen=None,
@@ -150,9 +155,14 @@ def ruler_batch(source: RulerSource, opt: dict, batch_size: int, pad_id: int, sa
         rows.append((prompt, answer + [source.tok.eos_token_id]))
         if seen is not None and distance is not None:
             seen.append(distance)
+    return prompt_answer_batch(rows, pad_id)
+
+
+def prompt_answer_batch(rows: list[tuple[list[int], list[int]]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(input_ids, labels) of (prompt, answer) rows, right-padded: only the answers are labelled."""
     width = max(len(p) + len(a) for p, a in rows)
-    ids = torch.full((batch_size, width), pad_id, dtype=torch.long)
-    lab = torch.full((batch_size, width), IGNORE_INDEX, dtype=torch.long)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    lab = torch.full((len(rows), width), IGNORE_INDEX, dtype=torch.long)
     for i, (p, a) in enumerate(rows):
         ids[i, : len(p) + len(a)] = torch.tensor(p + a)
         lab[i, len(p) : len(p) + len(a)] = torch.tensor(a)
@@ -324,16 +334,9 @@ def ruler_curve_set(corpus_dir, tok, length: int, n: int) -> dict[str, tuple[tor
                 continue
             rows = []
             for sample in samples:
-                prompt = ruler.prompt_ids(tok, sample["input"] + sample["gen_prefix"])
-                answer = tok(ruler.answer_text(task, sample["outputs"]), add_special_tokens=False)["input_ids"]
+                prompt, answer = tokenized(tok, task, sample)
                 rows.append((prompt, answer[: length - len(prompt)]))
-            width = max(len(a) + len(b) for a, b in rows)
-            ids = torch.full((len(rows), width), tok.pad_token_id, dtype=torch.long)
-            lab = torch.full_like(ids, IGNORE_INDEX)
-            for i, (a, b) in enumerate(rows):
-                ids[i, : len(a) + len(b)] = torch.tensor(a + b)
-                lab[i, len(a) : len(a) + len(b)] = torch.tensor(b)
-            sets[task] = (ids, lab)
+            sets[task] = prompt_answer_batch(rows, tok.pad_token_id)
         _curve_sets[key] = sets
     return _curve_sets[key]
 
