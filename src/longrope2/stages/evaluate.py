@@ -15,7 +15,7 @@ from __future__ import annotations
 import argparse
 import math
 
-from .. import models, progress, rope
+from .. import models, progress, rope, stats
 from ..artifacts import StageRun
 from ..corpus import TokenizedCorpus, check_size
 from ..errors import LongRoPE2Error
@@ -70,12 +70,17 @@ def run(cfg: dict, out: str, args: argparse.Namespace) -> None:
     for L in progress.bar(ls, desc=f"evaluate {args.label}"):
         metrics = {}
         for kind, data in eval_sets(cfg, test, tok, L).items():
-            # scored under the scaling already installed, through the evaluator's batching
-            nll, acc = Evaluator(model, data["input_ids"], data["labels"], batch).score_installed()
+            # scored under the scaling already installed, through the evaluator's batching; every sample has
+            # the same labelled-token count (7-digit answers, full rows), so the mean of the per-sample NLLs
+            # is the token mean, and the per-sample values give the intervals
+            nll, hit = Evaluator(model, data["input_ids"], data["labels"], batch).per_sample()
+            name = "needle_ppl" if kind == "needle" else "ppl"
+            band = stats.bootstrap_mean(nll, seed=L)
+            metrics.update({name: ppl(float(nll.mean()), f"{name} at length {L}"),
+                            f"{name}_lo": ppl(band.lo, name), f"{name}_hi": ppl(band.hi, name)})
             if kind == "needle":
-                metrics.update(needle_acc=acc, needle_ppl=ppl(nll, f"needle_ppl at length {L}"))
-            else:
-                metrics.update(ppl=ppl(nll, f"ppl at length {L}"))
+                acc = stats.wilson(int(hit.sum()), len(hit))
+                metrics.update(needle_acc=acc.estimate, needle_acc_lo=acc.lo, needle_acc_hi=acc.hi)
         result["lengths"][str(L)] = metrics
         progress.write(f"{args.label} L={L}: {metrics}")
     inputs = [args.model, args.corpus] + ([args.factors] if args.factors else [])

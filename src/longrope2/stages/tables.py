@@ -1,6 +1,8 @@
 """Paper tables: collect per-run ``metrics.json`` files into a CSV, a Markdown table and a plot.
 
-Rows follow the method registry's order; an overflowing PPL (``"inf"`` in the metrics) shows as ∞."""
+Rows follow the method registry's order; an overflowing PPL (``"inf"`` in the metrics) shows as ∞. Each
+cell carries its 95% interval where the metrics have one (``<metric>_lo`` / ``_hi``: Wilson for accuracy,
+bootstrap over samples for PPL), and the CSV its sample count ``n``."""
 
 from __future__ import annotations
 
@@ -37,7 +39,8 @@ def collect(paths: list[str], as_before: list[str] = ()) -> pd.DataFrame:
         m = json.loads(open(path).read())
         for L, metrics in m["lengths"].items():
             values = {k: float(v) for k, v in metrics.items()}  # "inf" -> inf
-            rows.append({"method": method or m["method"], "stage": stage or m.get("stage", ""), "length": int(L), **values})
+            rows.append({"method": method or m["method"], "stage": stage or m.get("stage", ""), "length": int(L),
+                         "n": m.get("samples"), **values})
     return pd.DataFrame(rows)
 
 
@@ -49,11 +52,18 @@ def markdown(df: pd.DataFrame) -> str:
         if metric not in df:
             continue
         wide = df.pivot_table(index=keys, columns="length", values=metric, sort=False)
+        bands = [f"{metric}_lo", f"{metric}_hi"]
+        lo, hi = ((df.pivot_table(index=keys, columns="length", values=b, sort=False) for b in bands)
+                  if all(b in df and df[b].notna().all() for b in bands) else (None, None))
+        n = df["n"].dropna().unique() if "n" in df else []
+        title = f"**{metric}**" + (f" (n = {int(n[0])} per cell, 95% interval)" if len(n) == 1 and lo is not None else "")
         header = "| " + " | ".join(keys) + " | " + " | ".join(str(c) for c in wide.columns) + " |"
-        out += [f"**{metric}**", "", header, "|" + "---|" * (len(keys) + len(wide.columns))]
+        out += [title, "", header, "|" + "---|" * (len(keys) + len(wide.columns))]
         for idx, row in wide.iterrows():
+            cells = [_cell(fmt, v) + ("" if lo is None else f" [{_cell(fmt, lo.loc[idx, c])}, {_cell(fmt, hi.loc[idx, c])}]")
+                     for c, v in row.items()]
             idx = idx if isinstance(idx, tuple) else (idx,)
-            out.append("| " + " | ".join(map(str, idx)) + " | " + " | ".join(_cell(fmt, v) for v in row) + " |")
+            out.append("| " + " | ".join(map(str, idx)) + " | " + " | ".join(cells) + " |")
         out.append("")
     return "\n".join(out)
 
@@ -96,7 +106,9 @@ def plot(df: pd.DataFrame, path) -> None:
 
 def run(cfg: dict, out: str, args: argparse.Namespace) -> None:
     df = collect(args.metrics, args.as_before)
-    cols = [c for c in args.columns if c in df]
+    chosen = [c for c in args.columns if c in df]
+    # each chosen metric's interval bounds, and the sample count, after the chosen columns
+    cols = chosen + [c for m in chosen for c in (f"{m}_lo", f"{m}_hi") if c in df] + (["n"] if "n" in df else [])
     df = order(df[cols + [c for c in df.columns if c not in cols]])
     with StageRun("tables", out, {"name": args.name, "columns": cols}, inputs=args.metrics + [e.split(":")[0] for e in args.as_before], seed=None) as run_:
         df[cols].to_csv(run_.path(f"{args.name}.csv"), index=False, float_format="%.6g")
