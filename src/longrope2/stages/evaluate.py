@@ -15,6 +15,8 @@ from __future__ import annotations
 import argparse
 import math
 
+import numpy as np
+
 from .. import models, progress, rope, stats
 from ..artifacts import StageRun
 from ..corpus import TokenizedCorpus, check_size
@@ -75,9 +77,12 @@ def run(cfg: dict, out: str, args: argparse.Namespace) -> None:
             # is the token mean, and the per-sample values give the intervals
             nll, hit = Evaluator(model, data["input_ids"], data["labels"], batch).per_sample()
             name = "needle_ppl" if kind == "needle" else "ppl"
-            band = stats.bootstrap_mean(nll, seed=L)
-            metrics.update({name: ppl(float(nll.mean()), f"{name} at length {L}"),
-                            f"{name}_lo": ppl(band.lo, name), f"{name}_hi": ppl(band.hi, name)})
+            point = ppl(float(nll.mean()), f"{name} at length {L}")  # NaN: a one-line error, before any interval
+            lo = hi = point  # an overflowing sample (inf): the interval is [inf, inf]
+            if np.isfinite(nll).all():
+                band = stats.bootstrap_mean(nll, seed=L)
+                lo, hi = ppl(band.lo, name), ppl(band.hi, name)
+            metrics.update({name: point, f"{name}_lo": lo, f"{name}_hi": hi})
             if kind == "needle":
                 acc = stats.wilson(int(hit.sum()), len(hit))
                 metrics.update(needle_acc=acc.estimate, needle_acc_lo=acc.lo, needle_acc_hi=acc.hi)
