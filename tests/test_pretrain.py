@@ -64,6 +64,7 @@ def test_pretrain_writes_loadable_model_and_curve(tmp_path, micro_corpus):
     assert curve[0] == "step,wall_s,tokens,acc_single,acc_multi,ppl_L0" and curve[-1].startswith("12,")
     summary = json.loads((out / "pretrain.json").read_text())
     assert summary["steps"] == 12 and summary["tokens"] > 0
+    assert summary["curve_samples"] == {"needles": 4, "ruler_per_task": 1}
     # needle-to-question distances seen in pretraining, next to the corpus's repeated-identifier distances
     rows = (out / "distances.csv").read_text().splitlines()
     assert rows[0] == "from,to,corpus,pretraining" and (out / "distances.png").stat().st_size > 0

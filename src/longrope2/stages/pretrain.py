@@ -68,6 +68,11 @@ def curriculum_at(curriculum: list[dict], step: int) -> list[dict]:
     return [c for c in curriculum if c["from_step"] == started]
 
 
+#: tokens a RULER prompt leaves for its answer and EOS (the schema's default of ``max_new_tokens``, and the
+#: default evaluation's needle budget); the curve's RULER prompts use it too
+ANSWER_BUDGET = 48
+
+
 class RulerSource:
     """Fresh samples of RULER's task families for pretraining, disjoint from the evaluation's: the essay
     haystack is cut from the *training* split's text at a random offset, and keys, values and noise come
@@ -107,6 +112,7 @@ class RulerSource:
             break
         distance = None
         if ruler.ALL_TASKS[task].generator == "niah" and s["depth"] is not None:
+            # approximate: the needle's depth in the haystack, scaled to the prompt (the question included)
             distance = max(1, round((1.0 - s["depth"]) * (len(prompt) - 1)))
         return prompt, answer, distance
 
@@ -151,7 +157,7 @@ def ruler_batch(source: RulerSource, opt: dict, batch_size: int, pad_id: int, sa
     rows = []
     for _ in range(batch_size):
         task = source.rng.choice(opt["tasks"])
-        prompt, answer, distance = source.sample(task, opt["length"], opt.get("max_new_tokens", 48), place)
+        prompt, answer, distance = source.sample(task, opt["length"], opt.get("max_new_tokens", ANSWER_BUDGET), place)
         rows.append((prompt, answer + [source.tok.eos_token_id]))
         if seen is not None and distance is not None:
             seen.append(distance)
@@ -223,7 +229,7 @@ def run(cfg: dict, out: str, args: argparse.Namespace) -> None:
     for option in p["curriculum"]:  # fail now, not at the step where a draw of long keys does not fit
         if option.get("kind") == "ruler":
             for task in option["tasks"]:
-                check.sample(task, option["length"], option.get("max_new_tokens", 48))
+                check.sample(task, option["length"], option.get("max_new_tokens", ANSWER_BUDGET))
             continue
         is_copy = option.get("kind", "needle") == "copy"
         need = 3 if is_copy else 1 + train.longest(option.get("needles", 1), option.get("queries", 1))  # + EOS
@@ -285,6 +291,8 @@ def run(cfg: dict, out: str, args: argparse.Namespace) -> None:
         run_.write_json("pretrain.json", {
             "parameters": n_params, "steps": p["steps"], "tokens": tokens, "wall_s": round(wall, 1),
             "tokens_per_s": round(tokens / wall), "final": log[-1],
+            # samples behind each curve accuracy: the repository's needles, and each RULER task
+            "curve_samples": {"needles": p["eval_samples"], "ruler_per_task": ruler_curve_samples(p)},
             "distances": {"corpus": dist.summary(corpus_distances, l0), "corpus_within_L0": dist.summary(in_window, l0),
                           "pretraining": dist.summary(seen_d, l0)}})
     ckpts.clear()
@@ -303,7 +311,7 @@ def evaluate(model, cfg, corpus_dir, tok, step, wall, tokens) -> dict:
     single = scoring.needle_accuracy(model, NeedleBuilder(val, tok, template, seed=101), l0, 1, p["eval_samples"], 8192)[0]
     multi = scoring.needle_accuracy(model, NeedleBuilder(val, tok, template, seed=202), l0, 4, p["eval_samples"], 8192)[0]
     ruler_acc = {}
-    for task, (ids, lab) in ruler_curve_set(corpus_dir, tok, l0, max(1, p["eval_samples"] // 4)).items():
+    for task, (ids, lab) in ruler_curve_set(corpus_dir, tok, l0, ruler_curve_samples(p)).items():
         ruler_acc[f"acc_{task}"] = float(scoring.score(model, ids, lab).all_correct.float().mean())
     plain = plain_set(val, tok.bos_token_id, l0, p["ppl_samples"], seed=303)
     sc = scoring.score(model, torch.from_numpy(plain["input_ids"]).long(), torch.from_numpy(plain["labels"]).long())
@@ -316,6 +324,11 @@ def evaluate(model, cfg, corpus_dir, tok, step, wall, tokens) -> dict:
 
 
 CURVE_TASKS = ("niah_single_1", "niah_single_2", "niah_single_3", "niah_multikey_1")
+
+
+def ruler_curve_samples(p: dict) -> int:
+    """Samples per RULER task on the curve: a quarter of the needle samples, so the four tasks cost as much."""
+    return max(1, p["eval_samples"] // 4)
 _curve_sets: dict = {}
 
 
@@ -329,7 +342,7 @@ def ruler_curve_set(corpus_dir, tok, length: int, n: int) -> dict[str, tuple[tor
         sets = {}
         for task in CURVE_TASKS:
             try:
-                samples = ruler.generate(task, length, n, tok, source.text, "curve", max_new_tokens=48)
+                samples = ruler.generate(task, length, n, tok, source.text, "curve", max_new_tokens=ANSWER_BUDGET)
             except ConfigError:  # the task does not fit in L0 (a small test window): not on the curve
                 continue
             rows = []
