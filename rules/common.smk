@@ -40,6 +40,8 @@ SPLITS = ["train", "validation", "test"]
 IS_SCALE = config["model"]["source"] == "scale"
 SEARCHED = config["search"]["methods"]
 TRAINING_FREE = lr2methods.training_free(config)
+# the training-free rows RULER scores before fine-tuning (evaluation.ruler.training_free; the base always)
+RULER_TRAINING_FREE = lr2methods.ruler_training_free(config)
 BASELINES = [m for m in TRAINING_FREE if m not in SEARCHED]
 FINETUNED = lr2methods.finetuned(config)
 EVAL_LENGTHS = lr2config.evaluation_lengths(config)

@@ -195,7 +195,7 @@ rule table_ruler:
                 / "{method}"
                 / "ruler"
                 / "scores.json",
-                method=TRAINING_FREE,
+                method=RULER_TRAINING_FREE,
             ),
             *expand(
                 RESULTS / "eval" / "finetuned" / "{ft}" / "ruler" / "scores.json",

@@ -52,7 +52,7 @@ def env(tmp_path_factory, tiny_llama, tiny_corpus):
         run_.write_json("factors.json", rope.build("longrope2", GEOM, 1024).to_dict())
     small = root / "small.yaml"
     small.write_text(yaml.safe_dump({"extension": {"target_length": 512},
-                                     "needles": {"eval_samples": 1, "eval_length_multiples": [1]}}))
+                                     "needles": {"eval_samples": 1, "ppl_samples": 1, "eval_length_multiples": [1]}}))
     return {"root": root, "base": root / "base" / "model", "nan_model": nan_model, "corpus": tiny_corpus,
             "searched": root / "search" / "factors.json", "small": small}
 

@@ -34,6 +34,8 @@ def test_default_and_shipped_experiments_validate():
         ({"model": {"geometry": {"head_dim": "sixty"}}}, "model.geometry.head_dim", "type integer"),
         ({"experiment": {"colour": "red"}}, "experiment.colour", "unknown key; allowed keys here: name, seed"),
         ({"experiment": {"name": "a b"}}, "experiment.name", "must match"),
+        ({"evaluation": {"ruler": {"training_free": ["ntk_static"]}}}, "evaluation.ruler.training_free",
+         "allowed: none, pi, ntk, yarn"),  # a registry name this experiment does not build
     ],
 )
 def test_bad_values_name_the_key(tmp_path, override, key, allowed):
@@ -59,3 +61,14 @@ def test_later_files_override_earlier_ones(tmp_path):
     assert cfg["extension"]["target_length"] == 4096
     assert cfg["model"]["geometry"]["original_length"] == 512  # untouched keys survive the merge
     assert config.config_hash({"a": 1, "b": 2}) == config.config_hash({"b": 2, "a": 1})
+
+
+def test_ruler_training_free_rows_keep_the_base(tmp_path):
+    from longrope2 import methods
+
+    default = config.load([REPO / "config/config.yaml"])
+    assert methods.ruler_training_free(default) == ["none"]  # the default scores only the base before fine-tuning
+    assert methods.ruler_training_free(load_with(tmp_path, {"evaluation": {"ruler": {"training_free": ["yarn"]}}})) \
+        == ["none", "yarn"]  # retention needs the base
+    every = load_with(tmp_path, {"evaluation": {"ruler": {"training_free": None}}})
+    assert methods.ruler_training_free(every) == methods.training_free(every)

@@ -155,8 +155,8 @@ def test_default_scale_experiment_runs_on_cpu_with_todays_threads():
     assert not warned
     assert all(r["gpu"] == 0 for r in res.values())
     assert {s: res[s]["threads"] for s in resources.STAGES} == {
-        "critical-dims": 1, "corpus": 2, "import-model": 2, "pretrain": 2, "retrieval": 2, "needles": 1,
-        "search": 2, "baseline": 1, "export": 1, "finetune": 1, "evaluate": 1, "ruler-data": 1, "ruler": 1,
+        "critical-dims": 1, "corpus": 2, "import-model": 2, "pretrain": 2, "retrieval": 1, "needles": 1,
+        "search": 1, "baseline": 1, "export": 1, "finetune": 1, "evaluate": 1, "ruler-data": 1, "ruler": 1,
         "suite": 1, "ruler-tables": 1, "tables": 1}
     # a 1.1M-parameter model: a few GB at most, and the time floor for all but pretraining (13 min measured)
     assert all(r["mem_mb"] <= 4000 for r in res.values())

@@ -195,6 +195,8 @@ RERUNS = [
     ({"finetune": {"lr": 0.001}}, {"finetune": 3, "evaluate_finetuned": 3, "table_finetune": 1,
                                    "ruler_finetuned": 3, "table_ruler": 1}),
     ({"needles": {"eval_samples": 3}}, EVALUATIONS),
+    ({"needles": {"ppl_samples": 3}}, EVALUATIONS),
+    ({"evaluation": {"ruler": {"training_free": ["none"]}}}, {"table_ruler": 1}),  # fewer inputs, nothing rescored
     ({"evaluation": {"batch_tokens": 4096}}, EVALUATIONS),
     ({"evaluation": {"batch_size": 2}}, RULER),
     ({"evaluation": {"effective_threshold": 50}}, {"table_ruler": 1}),

@@ -31,6 +31,7 @@ def schema() -> dict:
     props["extension"]["properties"]["methods"]["items"]["enum"] = methods.EXTENSION_METHODS
     props["finetune"]["properties"]["methods"]["items"]["enum"] = methods.EXTENSION_METHODS
     props["search"]["properties"]["methods"]["items"]["enum"] = methods.SEARCHED_METHODS
+    props["evaluation"]["properties"]["ruler"]["properties"]["training_free"]["items"]["enum"] = list(methods.REGISTRY)
     return sch
 
 
@@ -157,6 +158,7 @@ def validate(cfg: dict) -> dict:
         if m not in runnable:
             raise ConfigError(f"finetune.methods.{i}", f"got {m!r}, which this experiment does not build; allowed: "
                               f"{', '.join(x for x in runnable if x in methods.EXTENSION_METHODS)} (add it to extension.methods)")
+    methods.ruler_training_free(cfg)  # every name a training-free row of this experiment
     return cfg
 
 

@@ -87,6 +87,21 @@ def training_free(cfg: Mapping) -> list[str]:
     return [n for n in REGISTRY if n in wanted]
 
 
+def ruler_training_free(cfg: Mapping) -> list[str]:
+    """Training-free methods the RULER stage scores (``evaluation.ruler.training_free``; null: all of them).
+    The base (none) is always among them: retention after fine-tuning is measured against it."""
+    from .errors import ConfigError
+
+    rows = training_free(cfg)
+    chosen = cfg["evaluation"]["ruler"].get("training_free")
+    if chosen is None:
+        return rows
+    if unknown := [m for m in chosen if m not in rows]:
+        raise ConfigError("evaluation.ruler.training_free", f"{', '.join(unknown)} is not a training-free row of this "
+                          f"experiment; allowed: {', '.join(rows)}")
+    return [m for m in rows if m == "none" or m in chosen]
+
+
 def finetuned(cfg: Mapping) -> list[str]:
     """Fine-tuning runs: the configured methods plus, when enabled, LongRoPE2 without mixed training."""
     runs = [n for n in REGISTRY if n in cfg["finetune"]["methods"]]

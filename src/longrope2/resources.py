@@ -59,8 +59,9 @@ ALIASES = {"critical_dims": "critical-dims", "import_model": "import-model", "ev
            "table_training_free": "tables", "table_finetune": "tables", "table": "tables",
            "import_as_is": "import-model", "factor_shape": "tables", "factor-shape": "tables",
            "seeds_summary": "tables", "seeds": "tables"}
-#: threads of CPU jobs (the scale model's stages measured fastest with these on 2 cores; pretraining runs alone)
-CPU_THREADS = {"corpus": 2, "import-model": 2, "pretrain": 2, "retrieval": 2, "search": 2, "finetune": 1,
+#: threads of CPU jobs. Pretraining runs alone and takes both cores; a second thread barely speeds up the
+#: scale model's forwards, so the other stages take one each and two jobs share the 2-core machine
+CPU_THREADS = {"corpus": 2, "import-model": 2, "pretrain": 2, "retrieval": 1, "search": 1, "finetune": 1,
                "evaluate": 1, "ruler": 1, "ruler-data": 1}
 RULER_NEW_TOKENS = 128  #: the longest answer budget of RULER's tasks (NIAH)
 
@@ -375,8 +376,9 @@ def stage_resources(stage: str, cfg: Mapping, size: ModelSize) -> dict:
         else:
             lengths = eval_lengths(cfg)
             batch = cfg.get("evaluation", {}).get("batch_tokens", cfg["search"]["batch_tokens"])
-            forwards = [(L, 2 * cfg["needles"]["eval_samples"]) for L in lengths]  # needle + plain sets
-            data = 16.0 * cfg["needles"]["eval_samples"] * max(lengths)
+            rows = cfg["needles"]["eval_samples"] + cfg["needles"]["ppl_samples"]  # needle + plain sets
+            forwards = [(L, rows) for L in lengths]
+            data = 8.0 * rows * max(lengths)
         longest = max(lengths)
         flops = sum(k * forward_flops(size, L) for L, k in forwards)
         seconds = flops / _flop_rate(gpu) + 4.0 * n / READ_BYTES_S  # weights are stored in fp32

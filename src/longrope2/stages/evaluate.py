@@ -27,7 +27,7 @@ from ..scoring import Evaluator
 NAME = "evaluate"
 HELP = "needle accuracy, needle-PPL and PPL of a model (+ optional factors) at every evaluation length"
 CONFIG_KEYS = ("experiment.seed", "model.geometry.original_length", "extension.target_length", "needles.template",
-               "needles.eval_samples", "needles.depths", "needles.eval_length_multiples", "evaluation.batch_tokens")
+               "needles.eval_samples", "needles.ppl_samples", "needles.depths", "needles.eval_length_multiples", "evaluation.batch_tokens")
 #: arguments naming input artifacts, checked against their producers' manifests before any work
 INPUTS = ("model", "corpus", "factors")
 
@@ -50,7 +50,7 @@ def eval_sets(cfg: dict, corpus: TokenizedCorpus, tok, length: int) -> dict[str,
     nc, seed = cfg["needles"], cfg["experiment"]["seed"] + length
     return {"needle": needle_set(NeedleBuilder(corpus, tok, nc["template"], seed=seed), length, nc["eval_samples"],
                                  nc["depths"]),
-            "plain": plain_set(corpus, tok.bos_token_id, length, nc["eval_samples"], seed)}
+            "plain": plain_set(corpus, tok.bos_token_id, length, nc["ppl_samples"], seed)}
 
 
 def ppl(nll: float, what: str) -> float:
@@ -68,7 +68,8 @@ def run(cfg: dict, out: str, args: argparse.Namespace) -> None:
     if args.factors:
         rope.apply_scaling(model, models.load_factors(args.factors))
     batch = cfg["evaluation"]["batch_tokens"]
-    result = {"method": args.label, "stage": args.stage_label, "samples": cfg["needles"]["eval_samples"], "lengths": {}}
+    result = {"method": args.label, "stage": args.stage_label, "samples": cfg["needles"]["eval_samples"],
+              "ppl_samples": cfg["needles"]["ppl_samples"], "lengths": {}}
     for L in progress.bar(ls, desc=f"evaluate {args.label}"):
         metrics = {}
         for kind, data in eval_sets(cfg, test, tok, L).items():
