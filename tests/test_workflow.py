@@ -83,12 +83,13 @@ def test_micro_dag_runs_end_to_end(micro_run):
     assert exported["rope_parameters"]["rope_type"] == "longrope"
     ft = pd.read_csv(res / "tables/finetune/finetune_comparison.csv")
     assert list(ft.columns) == ["method", "stage", "length", "needle_acc", "needle_ppl", "ppl", "needle_acc_lo",
-                                "needle_acc_hi", "needle_ppl_lo", "needle_ppl_hi", "ppl_lo", "ppl_hi", "n"]
+                                "needle_acc_hi", "needle_ppl_lo", "needle_ppl_hi", "ppl_lo", "ppl_hi", "n", "n_ppl"]
     # every cell's 95% interval holds its estimate; n is the evaluation's sample count
     for metric in ("needle_acc", "needle_ppl", "ppl"):
         assert (ft[f"{metric}_lo"] <= ft[metric] + 1e-9).all() and (ft[metric] <= ft[f"{metric}_hi"] + 1e-9).all()
-    assert (ft["n"] == 2).all() and (ft["ppl_hi"] > ft["ppl_lo"]).all()
-    assert "(n = 2 per cell, 95% interval)" in (res / "tables/finetune/finetune_comparison.md").read_text()
+    assert (ft["n"] == 2).all() and (ft["n_ppl"] == 3).all() and (ft["ppl_hi"] > ft["ppl_lo"]).all()
+    md = (res / "tables/finetune/finetune_comparison.md").read_text()
+    assert "**needle_acc** (n = 2 per cell, 95% interval)" in md and "**ppl** (n = 3 per cell, 95% interval)" in md
     assert set(ft["method"]) == {"pi", "longrope2", "longrope2_no_mixed"} and set(ft["stage"]) == {"before", "after"}
     assert len(ft) == 3 * 2 * 3
     finetuned = json.loads((res / "finetune/longrope2_no_mixed/rope.json").read_text())
@@ -195,7 +196,7 @@ RERUNS = [
     ({"finetune": {"lr": 0.001}}, {"finetune": 3, "evaluate_finetuned": 3, "table_finetune": 1,
                                    "ruler_finetuned": 3, "table_ruler": 1}),
     ({"needles": {"eval_samples": 3}}, EVALUATIONS),
-    ({"needles": {"ppl_samples": 3}}, EVALUATIONS),
+    ({"needles": {"ppl_samples": 4}}, EVALUATIONS),
     ({"evaluation": {"ruler": {"training_free": ["none"]}}}, {"table_ruler": 1}),  # fewer inputs, nothing rescored
     ({"evaluation": {"batch_tokens": 4096}}, EVALUATIONS),
     ({"evaluation": {"batch_size": 2}}, RULER),

@@ -2,7 +2,7 @@
 
 Rows follow the method registry's order; an overflowing PPL (``"inf"`` in the metrics) shows as ∞. Each
 cell carries its 95% interval where the metrics have one (``<metric>_lo`` / ``_hi``: Wilson for accuracy,
-bootstrap over samples for PPL), and the CSV its sample count ``n``."""
+bootstrap over samples for PPL), and the CSV its sample counts: ``n`` needle samples, ``n_ppl`` plain-text rows."""
 
 from __future__ import annotations
 
@@ -40,7 +40,7 @@ def collect(paths: list[str], as_before: list[str] = ()) -> pd.DataFrame:
         for L, metrics in m["lengths"].items():
             values = {k: float(v) for k, v in metrics.items()}  # "inf" -> inf
             rows.append({"method": method or m["method"], "stage": stage or m.get("stage", ""), "length": int(L),
-                         "n": m.get("samples"), **values})
+                         "n": m.get("samples"), "n_ppl": m.get("ppl_samples", m.get("samples")), **values})
     return pd.DataFrame(rows)
 
 
@@ -55,7 +55,8 @@ def markdown(df: pd.DataFrame) -> str:
         bands = [f"{metric}_lo", f"{metric}_hi"]
         lo, hi = ((df.pivot_table(index=keys, columns="length", values=b, sort=False) for b in bands)
                   if all(b in df and df[b].notna().all() for b in bands) else (None, None))
-        n = df["n"].dropna().unique() if "n" in df else []
+        count = "n_ppl" if metric == "ppl" and "n_ppl" in df else "n"  # plain-PPL rows have their own count
+        n = df[count].dropna().unique() if count in df else []
         title = f"**{metric}**" + (f" (n = {int(n[0])} per cell, 95% interval)" if len(n) == 1 and lo is not None else "")
         header = "| " + " | ".join(keys) + " | " + " | ".join(str(c) for c in wide.columns) + " |"
         out += [title, "", header, "|" + "---|" * (len(keys) + len(wide.columns))]
@@ -107,8 +108,9 @@ def plot(df: pd.DataFrame, path) -> None:
 def run(cfg: dict, out: str, args: argparse.Namespace) -> None:
     df = collect(args.metrics, args.as_before)
     chosen = [c for c in args.columns if c in df]
-    # each chosen metric's interval bounds, and the sample count, after the chosen columns
-    cols = chosen + [c for m in chosen for c in (f"{m}_lo", f"{m}_hi") if c in df] + (["n"] if "n" in df else [])
+    # each chosen metric's interval bounds, and the sample counts (needles; plain-PPL rows), after the chosen columns
+    counts = ["n"] + (["n_ppl"] if "ppl" in chosen else [])
+    cols = chosen + [c for m in chosen for c in (f"{m}_lo", f"{m}_hi") if c in df] + [c for c in counts if c in df]
     df = order(df[cols + [c for c in df.columns if c not in cols]])
     with StageRun("tables", out, {"name": args.name, "columns": cols}, inputs=args.metrics + [e.split(":")[0] for e in args.as_before], seed=None) as run_:
         df[cols].to_csv(run_.path(f"{args.name}.csv"), index=False, float_format="%.6g")
