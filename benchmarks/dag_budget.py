@@ -1,11 +1,13 @@
 """The time and memory budget of one completed DAG run, from what the run left behind (JSON out).
 
-    python benchmarks/dag_budget.py --experiment scale --out benchmarks/dag_budget.json
+    python benchmarks/dag_budget.py --experiment scale --log .snakemake/log/<run>.snakemake.log \
+        --out benchmarks/dag_budget.json
 
 Every stage's manifest records when it finished and how long it ran (``finished_at``, ``wall_time_s``), so
-a job started at finished - wall: the DAG's wall time is the last finish minus the first start over the
-experiment's manifests (pretraining included; a stage copied in or rerun by hand counts as its manifest
-says). Snakemake's ``benchmark:`` files (``benchmarks/runs/<experiment>/<job>.tsv``) give each job's peak
+a job started at finished - wall. With ``--log`` (the Snakemake log of the run) only the jobs that
+finished while that run was going count, and its own elapsed time is reported beside the span of its jobs:
+a table rebuilt by hand afterwards does not stretch the run. Without it every manifest of the experiment
+counts, whenever it was written. Snakemake's ``benchmark:`` files (``benchmarks/runs/<experiment>/<job>.tsv``) give each job's peak
 RSS. Per stage: jobs, summed and longest job seconds, peak RSS. A manifest written by hand outside
 Snakemake has no benchmark row: its RSS is missing, not zero.
 """
@@ -16,6 +18,7 @@ import argparse
 import csv
 import json
 import platform
+import re
 from collections import defaultdict
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -25,6 +28,18 @@ from longrope2.artifacts import cpu_model
 
 def finished(stamp: str) -> datetime:
     return datetime.strptime(stamp, "%Y-%m-%dT%H:%M:%SZ")
+
+
+def run_window(log: Path) -> tuple[datetime, datetime, float | None]:
+    """(start, end, Snakemake's elapsed seconds) of one run, from its log's ``Date:`` line, last ``[...]``
+    timestamp and ``Elapsed time:`` line."""
+    text = log.read_text()
+    start = datetime.strptime(re.search(r"^\s*Date: (.+)$", text, re.M).group(1).strip(), "%Y-%m-%d %H:%M:%S")
+    stamps = re.findall(r"^\[(\w{3} \w{3} +\d+ [\d:]+ \d{4})\]$", text, re.M)
+    end = datetime.strptime(" ".join(stamps[-1].split()), "%a %b %d %H:%M:%S %Y") if stamps else datetime.max
+    elapsed = re.search(r"^Elapsed time: (\d+):(\d+):([\d.]+)$", text, re.M)
+    seconds = None if elapsed is None else 3600 * int(elapsed[1]) + 60 * int(elapsed[2]) + float(elapsed[3])
+    return start, end + timedelta(seconds=1), seconds
 
 
 def peak_rss(bench_dir: Path) -> dict[str, float]:
@@ -42,6 +57,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--experiment", default="scale")
     ap.add_argument("--results", default="results", help="folder holding results/<experiment>/")
+    ap.add_argument("--log", type=Path, help="the run's Snakemake log (.snakemake/log/*.snakemake.log)")
     ap.add_argument("--out", required=True)
     args = ap.parse_args()
     root = Path(args.results) / args.experiment
@@ -51,10 +67,17 @@ def main() -> None:
             continue
         d = json.loads(m.read_text())
         end = finished(d["finished_at"])
-        jobs.append({"stage": d["stage"], "folder": str(m.parent.relative_to(root)), "wall_s": d["wall_time_s"],
+        jobs.append({"stage": d["stage"], "wall_s": d["wall_time_s"],
                      "start": end - timedelta(seconds=d["wall_time_s"]), "end": end, "device": d.get("device", {})})
+    elapsed = None
+    if args.log:
+        # the log's stamps are local time, the manifests' UTC: the machine's offset converts them
+        lo, hi, elapsed = run_window(args.log)
+        offset = datetime.now().astimezone().utcoffset()
+        lo, hi = lo - offset - timedelta(seconds=1), hi - offset
+        jobs = [j for j in jobs if lo <= j["end"] <= hi]
     if not jobs:
-        raise SystemExit(f"no manifests under {root}: run the DAG first")
+        raise SystemExit(f"no manifests under {root}" + (f" written during {args.log}" if args.log else "") + ": run the DAG first")
     rss = peak_rss(Path("benchmarks") / "runs" / args.experiment)
     stages: dict[str, dict] = defaultdict(lambda: {"jobs": 0, "sum_s": 0.0, "max_s": 0.0})
     for j in jobs:
@@ -67,6 +90,8 @@ def main() -> None:
         "experiment": args.experiment,
         "machine": {"cpu": cpu_model(), "platform": platform.platform(),
                     "threads_seen": sorted({j["device"].get("torch_threads") for j in jobs if j["device"].get("torch_threads")})},
+        "log": None if args.log is None else str(args.log),
+        "snakemake_elapsed_min": None if elapsed is None else round(elapsed / 60, 2),
         "jobs": len(jobs),
         "wall_min": round((end - start).total_seconds() / 60, 1),
         "job_time_min": round(sum(j["wall_s"] for j in jobs) / 60, 1),

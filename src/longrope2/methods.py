@@ -97,8 +97,8 @@ def ruler_training_free(cfg: Mapping) -> list[str]:
     if chosen is None:
         return rows
     if unknown := [m for m in chosen if m not in rows]:
-        raise ConfigError("evaluation.ruler.training_free", f"{', '.join(unknown)} is not a training-free row of this "
-                          f"experiment; allowed: {', '.join(rows)}")
+        raise ConfigError("evaluation.ruler.training_free", f"not a training-free row of this experiment: "
+                          f"{', '.join(unknown)}; allowed: {', '.join(rows)}")
     return [m for m in rows if m == "none" or m in chosen]
 
 
