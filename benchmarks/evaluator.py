@@ -1,5 +1,8 @@
 """Needle-PPL evaluator vs the naive full-logits one: time and peak memory at one length (JSON out).
 
+Variants: ``fast`` (the pipeline's: last layer and LM head only at the labelled positions), ``whole`` (every
+layer at every position, LM head only at the labelled ones), ``naive`` (full-vocabulary logits everywhere).
+
     python benchmarks/evaluator.py --model results/scale/base_model/model --length 1024 --out benchmarks/runs/evaluator.json
     python benchmarks/evaluator.py --random smollm2 --length 32768 --batch 1   # SmolLM2-135M shape, random weights
 
@@ -58,7 +61,9 @@ def child(args) -> dict:
     ids = torch.randint(3, vocab, (args.batch, args.length), generator=g).to(device)
     labels = torch.full_like(ids, -100)
     labels[:, -8:] = ids[:, -8:]  # a needle answer: the last 8 tokens
-    fn = scoring.score if args.variant == "fast" else scoring.score_naive
+    fn = scoring.score_naive if args.variant == "naive" else scoring.score
+    if args.variant == "whole":
+        scoring._subset_ok = lambda *a: False  # the decoder runs whole
     if device.type == "cuda":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
@@ -86,16 +91,19 @@ def main() -> None:
     ap.add_argument("--length", type=int, default=1024)
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--variant", choices=["fast", "naive"], help=argparse.SUPPRESS)
+    ap.add_argument("--variant", choices=["fast", "whole", "naive"], help=argparse.SUPPRESS)
     ap.add_argument("--out", type=Path)
     args = ap.parse_args()
     if args.variant:
         print(json.dumps(child(args)))
         return
     results = {"length": args.length, "batch": args.batch, "model": args.model or f"random:{args.random}"}
-    for variant in ("fast", "naive"):
+    for variant in ("fast", "whole", "naive"):
         results[variant] = run_variant(__file__, variant)
-    f, n = results.get("fast", {}), results.get("naive", {})
+    f, w, n = results.get("fast", {}), results.get("whole", {}), results.get("naive", {})
+    if "seconds" in f and "seconds" in w:
+        results["speedup_vs_whole"] = round(w["seconds"] / f["seconds"], 2)
+        results["max_abs_nll_diff_vs_whole"] = max(abs(a - b) for a, b in zip(f["nll"], w["nll"]))
     if "seconds" in f and "seconds" in n:
         results["speedup"] = round(n["seconds"] / f["seconds"], 2)
         results["memory_ratio"] = round(n["peak_mib"] / max(f["peak_mib"], 1e-3), 2)

@@ -75,3 +75,36 @@ def test_exact_match_equals_greedy_decoding(builder, tiny_llama):
     other = own.clone()
     other[-1] = lab[-1]
     assert not scoring.score(model, other[None], lab[None]).all_correct.item()
+
+
+@pytest.mark.parametrize("family", ["llama-gqa-yarn", "qwen2"])
+def test_last_layer_at_labelled_positions_equals_full_forward(tiny_corpus, family, monkeypatch):
+    """Few labelled positions: the last layer runs its queries and MLP only there (GQA, a YaRN attention
+    factor and Qwen2's biased projections included), and scores as the whole forward does."""
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
+
+    from longrope2 import rope
+
+    tok = AutoTokenizer.from_pretrained(tiny_corpus / "tokenizer")
+    common = dict(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=3,
+                  num_attention_heads=4, num_key_value_heads=2, head_dim=32, max_position_embeddings=128,
+                  rope_parameters={"rope_type": "default", "rope_theta": 10000.0})
+    torch.manual_seed(1)
+    model = (LlamaForCausalLM(LlamaConfig(**common)) if family.startswith("llama")
+             else Qwen2ForCausalLM(Qwen2Config(**common))).eval()
+    if family.endswith("yarn"):
+        rope.apply_scaling(model, rope.yarn(rope.RopeGeometry(32, 10000.0, 128), 512))
+    ids = torch.randint(4, len(tok), (3, 512))
+    lab = torch.full_like(ids, IGNORE_INDEX)
+    lab[:, -8:] = ids[:, -8:]
+    lab[1, -8:], lab[1, 300:306] = IGNORE_INDEX, ids[1, 300:306]  # rows answer at different places
+    calls = []
+    real = scoring._hidden_at
+    monkeypatch.setattr(scoring, "_hidden_at", lambda *a: calls.append(1) or real(*a))
+    fast, naive = scoring.score(model, ids, lab), scoring.score_naive(model, ids, lab)
+    assert calls, "the labelled-positions path was not taken"
+    torch.testing.assert_close(fast.nll, naive.nll, rtol=1e-5, atol=1e-5)
+    assert torch.equal(fast.n_tokens, naive.n_tokens) and torch.equal(fast.all_correct, naive.all_correct)
+    calls.clear()
+    scoring.score(model, ids, ids.clone())  # every token labelled: the whole forward
+    assert not calls
