@@ -375,8 +375,9 @@ def test_padded_batch_equals_rows_alone_plain(plain_llama, draft):
 
 
 def forwards(model):
+    """Counts decoder forwards (a prefill runs the decoder without the LM head wrapper)."""
     calls = []
-    handle = model.register_forward_hook(lambda *_: calls.append(1))
+    handle = model.base_model.register_forward_hook(lambda *_: calls.append(1))
     return calls, handle
 
 

@@ -108,3 +108,23 @@ def test_last_layer_at_labelled_positions_equals_full_forward(tiny_corpus, famil
     calls.clear()
     scoring.score(model, ids, ids.clone())  # every token labelled: the whole forward
     assert not calls
+
+
+def test_prefill_logits_and_cache_equal_a_cached_forward(tiny_llama, monkeypatch):
+    """Generation's prefill (last layer at the last position only) gives the logits and the cache of a
+    cached full forward, so decoding from it continues exactly."""
+    from transformers import DynamicCache
+
+    model, tok = tiny_llama
+    ids = torch.randint(4, len(tok), (2, 96))
+    ref_cache, cache = DynamicCache(config=model.config), DynamicCache(config=model.config)
+    with torch.no_grad():
+        ref = model(input_ids=ids, use_cache=True, logits_to_keep=1, cache=ref_cache).logits[:, -1]
+        calls, real = [], scoring._hidden_at
+        monkeypatch.setattr(scoring, "_hidden_at", lambda *a: calls.append(1) or real(*a))
+        got = scoring.prefill_logits(model, ids, cache, "cache")
+    assert calls
+    torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-5)
+    for a, b in zip(ref_cache.layers, cache.layers):
+        torch.testing.assert_close(a.keys, b.keys)
+        torch.testing.assert_close(a.values, b.values)

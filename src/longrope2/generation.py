@@ -24,6 +24,8 @@ import torch
 from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
 
+from . import scoring
+
 
 def switch_length(model) -> int | None:
     """L0 when the model's RoPE switches from short to long factors beyond it (HF longrope), else None."""
@@ -203,8 +205,7 @@ def _prefill(model, ids, row_lengths, padded, cache, cache_arg) -> torch.Tensor:
         if padded:
             for layer in cache.layers:
                 layer.window(slice(r0, r1), width - n, 0)
-        parts.append(model(input_ids=ids[r0:r1, width - n:], use_cache=True, logits_to_keep=1,
-                           **{cache_arg: cache}).logits[:, -1])
+        parts.append(scoring.prefill_logits(model, ids[r0:r1, width - n:], cache, cache_arg))
     if padded:
         for layer in cache.layers:
             layer.window(slice(None), 0, width)

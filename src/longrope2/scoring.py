@@ -54,16 +54,17 @@ def _subset_ok(decoder, length: int) -> bool:
             and not getattr(decoder, "gradient_checkpointing", False) and (not window or window >= length))
 
 
-def _hidden_at(decoder, input_ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+def _hidden_at(decoder, input_ids: torch.Tensor, positions: torch.Tensor, cache=None, cache_arg: str = "cache") -> torch.Tensor:
     """Final (normed) hidden states at ``positions`` [B, P, H]: every layer but the last runs on the whole
     sequence; the last one projects keys and values everywhere but queries, attention output and MLP only
-    at ``positions`` -- the same numbers as the full forward, up to float summation order."""
+    at ``positions`` -- the same numbers as the full forward, up to float summation order. With ``cache``
+    (empty: a prefill) every layer's keys and values are written to it, as a cached forward writes them."""
     layers, last = decoder.layers, decoder.layers[-1]
     captured = {}
     hook = decoder.norm.register_forward_pre_hook(lambda mod, args: captured.__setitem__("h", args[0]))
     decoder.layers = layers[:-1]
     try:
-        decoder(input_ids=input_ids, use_cache=False)
+        decoder(input_ids=input_ids, use_cache=cache is not None, **({cache_arg: cache} if cache is not None else {}))
     finally:
         decoder.layers = layers
         hook.remove()
@@ -77,12 +78,25 @@ def _hidden_at(decoder, input_ids: torch.Tensor, positions: torch.Tensor) -> tor
     v = attn.v_proj(x).view(b, length, -1, attn.head_dim).transpose(1, 2)
     q, _ = apply_rotary(q, q, cos[:, positions], sin[:, positions])
     k, _ = apply_rotary(k, k, cos, sin)
+    if cache is not None:
+        k, v = cache.update(k, v, attn.layer_idx)
     causal = positions[:, None] >= torch.arange(length, device=x.device)[None]  # [P, L]
     out = F.scaled_dot_product_attention(q, k, v, attn_mask=causal, scale=attn.scaling,
                                          enable_gqa=q.shape[1] != k.shape[1])
     hp = h[:, positions] + attn.o_proj(out.transpose(1, 2).reshape(b, len(positions), -1))
     hp = hp + last.mlp(last.post_attention_layernorm(hp))
     return decoder.norm(hp)
+
+
+def prefill_logits(model, input_ids: torch.Tensor, cache, cache_arg: str = "cache") -> torch.Tensor:
+    """Next-token logits [B, vocab] after ``input_ids``, filling the empty ``cache`` (generation's prefill):
+    the last layer computes its query and MLP at the last position only."""
+    decoder, head = _decoder_and_head(model)
+    length = input_ids.shape[1]
+    if length < 4 or not _subset_ok(decoder, length) or cache.get_seq_length() != 0:
+        return model(input_ids=input_ids, use_cache=True, logits_to_keep=1, **{cache_arg: cache}).logits[:, -1]
+    last = torch.tensor([length - 1], device=input_ids.device)
+    return head(_hidden_at(decoder, input_ids, last, cache, cache_arg)[:, -1])
 
 
 @torch.no_grad()
