@@ -76,8 +76,9 @@ def _hidden_at(decoder, input_ids: torch.Tensor, positions: torch.Tensor, cache=
     q = attn.q_proj(x[:, positions]).view(b, len(positions), -1, attn.head_dim).transpose(1, 2)
     k = attn.k_proj(x).view(b, length, -1, attn.head_dim).transpose(1, 2)
     v = attn.v_proj(x).view(b, length, -1, attn.head_dim).transpose(1, 2)
-    q, _ = apply_rotary(q, q, cos[:, positions], sin[:, positions])
-    k, _ = apply_rotary(k, k, cos, sin)
+    # the model's own rotation, once per tensor: the other argument is an empty slice (no heads, no work)
+    q, _ = apply_rotary(q, q[:, :0], cos[:, positions], sin[:, positions])
+    _, k = apply_rotary(k[:, :0], k, cos, sin)
     if cache is not None:
         k, v = cache.update(k, v, attn.layer_idx)
     causal = positions[:, None] >= torch.arange(length, device=x.device)[None]  # [P, L]
@@ -93,7 +94,7 @@ def prefill_logits(model, input_ids: torch.Tensor, cache, cache_arg: str = "cach
     the last layer computes its query and MLP at the last position only."""
     decoder, head = _decoder_and_head(model)
     length = input_ids.shape[1]
-    if length < 4 or not _subset_ok(decoder, length) or cache.get_seq_length() != 0:
+    if not _subset_ok(decoder, length) or cache.get_seq_length() != 0:
         return model(input_ids=input_ids, use_cache=True, logits_to_keep=1, **{cache_arg: cache}).logits[:, -1]
     last = torch.tensor([length - 1], device=input_ids.device)
     return head(_hidden_at(decoder, input_ids, last, cache, cache_arg)[:, -1])
@@ -106,7 +107,8 @@ def score(model, input_ids: torch.Tensor, labels: torch.Tensor, chunk_rows: int 
     target = labels[:, 1:]
     mask = target != IGNORE_INDEX
     positions = mask.any(0).nonzero()[:, 0]  # hidden positions some row needs
-    if len(positions) * 4 <= mask.shape[1] and len(positions) and _subset_ok(decoder, input_ids.shape[1]):
+    # few of them (a needle's answer): the last layer only there; many (plain PPL): the whole decoder
+    if 0 < len(positions) * 4 <= mask.shape[1] and _subset_ok(decoder, input_ids.shape[1]):
         rows = _hidden_at(decoder, input_ids, positions)[mask[:, positions]]
     else:
         hidden = decoder(input_ids=input_ids).last_hidden_state  # [B, L, H]
