@@ -44,8 +44,8 @@ for SEED in SEEDS:
 
 
 rule seeds_summary:
-    """Mean and 95% interval across seeds of every table (RULER, retention, comparisons, needle metrics,
-    the searched d_rcd)."""
+    """Mean and 95% interval across seeds of every table (the base's retrieval check, RULER, retention,
+    comparisons, needle metrics, the searched d_rcd)."""
     input:
         tables=[
             run / "tables" / rel
@@ -56,6 +56,7 @@ rule seeds_summary:
                 "finetune/finetune_comparison.csv",
             )
         ],
+        retrieval=[run / "base_model" / "retrieval" / "retrieval.json" for run in SEED_RUNS],
         factors=[
             run / "search" / m / "factors.json"
             for run in SEED_RUNS
@@ -68,6 +69,7 @@ rule seeds_summary:
         csv=[
             SEEDS_OUT / f"{name}.csv"
             for name in (
+                "base_retrieval",
                 "ruler",
                 "retention",
                 "comparisons",

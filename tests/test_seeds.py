@@ -28,6 +28,9 @@ def fake_run(root, seed, shift):
     pd.DataFrame({"method": ["none"], "length": [512], "needle_acc": [0.9], "needle_ppl": [1.1], "ppl": [30.0]}) \
         .to_csv(root / "tables/training_free/training_free.csv", index=False)
     (root / "search" / "longrope2" / "factors.json").write_text(f'{{"d_rcd": {14 + seed}}}')
+    (root / "base_model" / "retrieval").mkdir(parents=True)
+    (root / "base_model" / "retrieval" / "retrieval.json").write_text(
+        f'{{"lengths": {{"512": {{"single": {0.5 + 0.1 * seed}, "multi": 0.1}}}}, "samples": 200}}')
 
 
 def test_seeds_stage_summarises_every_table(tmp_path):
@@ -42,6 +45,9 @@ def test_seeds_stage_summarises_every_table(tmp_path):
     comp = pd.read_csv(out / "comparisons.csv").iloc[0]
     assert comp["verdict"] == "holds" and comp["lo"] > 0  # 10, 11, 12: the interval excludes 0
     assert pd.read_csv(out / "d_rcd.csv")["mean"].iloc[0] == 15
+    base = pd.read_csv(out / "base_retrieval.csv").set_index("task")
+    assert base.loc["single", "mean"] == pytest.approx(0.6) and base.loc["single", "per_seed"] == "0.5 0.6 0.7"
+    assert base.loc["multi", "lo"] == pytest.approx(0.1) and base.loc["multi", "seeds"] == 3  # no spread
     assert pd.read_csv(out / "retention.csv").empty and pd.read_csv(out / "finetune.csv").empty  # tables not made
     assert "Across 3 seeds" in (out / "seeds.md").read_text() and (out / "manifest.json").is_file()
 

@@ -94,6 +94,20 @@ def d_rcd(runs: list[Path]) -> pd.DataFrame:
                      ["method", "length"], ["d_rcd"])
 
 
+def base_retrieval(runs: list[Path]) -> pd.DataFrame:
+    """The base model's retrieval check (``base_model/retrieval/retrieval.json``: single and four-needle
+    accuracy per length) across seeds: whether every seed's pretraining gives a base that retrieves."""
+    frames = []
+    for run in runs:
+        f = run / "base_model" / "retrieval" / "retrieval.json"
+        if not f.is_file():
+            return pd.DataFrame(columns=["task", "length", "metric", "mean", "lo", "hi", "seeds", "per_seed"])
+        lengths = json.loads(f.read_text())["lengths"]
+        frames.append(pd.DataFrame([{"task": task, "length": L, "accuracy": acc}
+                                    for L, tasks in lengths.items() for task, acc in tasks.items()]))
+    return summarise(frames, ["task", "length"], ["accuracy"])
+
+
 def markdown(name: str, df: pd.DataFrame) -> str:
     if df.empty:
         return ""
@@ -109,9 +123,13 @@ def markdown(name: str, df: pd.DataFrame) -> str:
 
 def run(cfg: dict, out: str, args: argparse.Namespace) -> None:
     runs = [Path(r) for r in args.runs]
-    inputs = [r / rel for r in runs for rel, _, _ in TABLES.values() if (r / rel).is_file()]
+    rels = [rel for rel, _, _ in TABLES.values()] + ["base_model/retrieval/retrieval.json"]
+    inputs = [r / rel for r in runs for rel in rels if (r / rel).is_file()]
     with StageRun("seeds", out, cfg, inputs=inputs, seed=None) as run_:
         md = [f"# Across {len(runs)} seeds ({', '.join(r.name for r in runs)})", ""]
+        base = base_retrieval(runs)
+        base.to_csv(run_.path("base_retrieval.csv"), index=False, float_format="%.6g")
+        md.append(markdown("base model retrieval at L0", base))
         for name, (rel, keys, values) in TABLES.items():
             frames = [pd.read_csv(r / rel) for r in runs if (r / rel).is_file()]
             if len(frames) != len(runs):  # a table this experiment does not make: the header alone
