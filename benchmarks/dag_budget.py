@@ -3,6 +3,9 @@
     python benchmarks/dag_budget.py --experiment scale --log .snakemake/log/<run>.snakemake.log \
         --out benchmarks/dag_budget.json
 
+A run of several experiments (the `paper` experiment's seeds) takes them all:
+``--experiment paper-seed1234 paper-seed2345 paper-seed3456 paper``.
+
 Every stage's manifest records when it finished and how long it ran (``finished_at``, ``wall_time_s``), so
 a job started at finished - wall. With ``--log`` (the Snakemake log of the run) only the jobs that
 finished while that run was going count, and its own elapsed time is reported beside the span of its jobs:
@@ -55,14 +58,14 @@ def peak_rss(bench_dir: Path) -> dict[str, float]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--experiment", default="scale")
+    ap.add_argument("--experiment", nargs="+", default=["scale"], help="one or more results/<experiment>/")
     ap.add_argument("--results", default="results", help="folder holding results/<experiment>/")
     ap.add_argument("--log", type=Path, help="the run's Snakemake log (.snakemake/log/*.snakemake.log)")
     ap.add_argument("--out", required=True)
     args = ap.parse_args()
-    root = Path(args.results) / args.experiment
+    roots = [Path(args.results) / e for e in args.experiment]
     jobs = []
-    for m in sorted(root.glob("**/manifest.json")):
+    for m in sorted(m for root in roots for m in root.glob("**/manifest.json")):
         if ".checkpoints" in m.parts:
             continue
         d = json.loads(m.read_text())
@@ -77,8 +80,10 @@ def main() -> None:
         lo, hi = lo - offset - timedelta(seconds=1), hi - offset
         jobs = [j for j in jobs if lo <= j["end"] <= hi]
     if not jobs:
-        raise SystemExit(f"no manifests under {root}" + (f" written during {args.log}" if args.log else "") + ": run the DAG first")
-    rss = peak_rss(Path("benchmarks") / "runs" / args.experiment)
+        raise SystemExit(f"no manifests under {', '.join(map(str, roots))}" + (f" written during {args.log}" if args.log else "") + ": run the DAG first")
+    several = len(args.experiment) > 1  # job names then carry their experiment
+    rss = {f"{e}/{job}" if several else job: mb
+           for e in args.experiment for job, mb in peak_rss(Path("benchmarks") / "runs" / e).items()}
     stages: dict[str, dict] = defaultdict(lambda: {"jobs": 0, "sum_s": 0.0, "max_s": 0.0})
     for j in jobs:
         s = stages[j["stage"]]
@@ -87,7 +92,7 @@ def main() -> None:
         s["max_s"] = round(max(s["max_s"], j["wall_s"]), 1)
     start, end = min(j["start"] for j in jobs), max(j["end"] for j in jobs)
     result = {
-        "experiment": args.experiment,
+        "experiment": args.experiment if several else args.experiment[0],
         "machine": {"cpu": cpu_model(), "platform": platform.platform(),
                     "threads_seen": sorted({j["device"].get("torch_threads") for j in jobs if j["device"].get("torch_threads")})},
         "log": None if args.log is None else str(args.log),

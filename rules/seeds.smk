@@ -71,6 +71,7 @@ rule seeds_summary:
             for name in (
                 "base_retrieval",
                 "ruler",
+                "ruler_tasks",
                 "retention",
                 "comparisons",
                 "training_free",

@@ -31,6 +31,7 @@ T95 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.
 #: table (path under a run's results folder) -> (key columns, value columns)
 TABLES = {
     "ruler": ("tables/ruler/ruler.csv", ["stage", "method", "length"], ["score"]),
+    "ruler_tasks": ("tables/ruler/ruler_tasks.csv", ["stage", "method", "task", "length"], ["score"]),
     "retention": ("tables/ruler/retention.csv", ["stage", "method", "length"], ["retention"]),
     "comparisons": ("tables/ruler/comparisons.csv", ["comparison", "stage", "a", "b", "length"], ["diff"]),
     "training_free": ("tables/training_free/training_free.csv", ["method", "length"], ["needle_acc", "needle_ppl", "ppl"]),
