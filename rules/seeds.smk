@@ -56,7 +56,9 @@ rule seeds_summary:
                 "finetune/finetune_comparison.csv",
             )
         ],
-        retrieval=[run / "base_model" / "retrieval" / "retrieval.json" for run in SEED_RUNS],
+        retrieval=[
+            run / "base_model" / "retrieval" / "retrieval.json" for run in SEED_RUNS
+        ],
         factors=[
             run / "search" / m / "factors.json"
             for run in SEED_RUNS

@@ -23,8 +23,9 @@ def fake_run(root, seed, shift):
     (root / "search" / "longrope2").mkdir(parents=True)
     pd.DataFrame({"stage": ["after", "after"], "method": ["yarn", "longrope2"], "length": [2048, 2048],
                   "score": [50 + shift, 60 + shift], "lo": 0, "hi": 0, "n": 200}).to_csv(root / "tables/ruler/ruler.csv", index=False)
-    pd.DataFrame({"stage": ["after"], "method": ["longrope2"], "task": ["niah_single_1"], "length": [512],
-                  "score": [90 + 2 * shift], "lo": 0, "hi": 0, "n": 20}).to_csv(root / "tables/ruler/ruler_tasks.csv", index=False)
+    pd.DataFrame({"stage": ["after", "after"], "method": ["longrope2"] * 2, "task": ["niah_single_1", "cwe"],
+                  "length": [512, 512], "score": [90 + 2 * shift, None], "lo": 0, "hi": 0, "n": [20, 0]}) \
+        .to_csv(root / "tables/ruler/ruler_tasks.csv", index=False)  # cwe: not run at 512
     pd.DataFrame({"comparison": ["LongRoPE2 vs YaRN"], "stage": ["after"], "a": ["longrope2"], "b": ["yarn"],
                   "length": [2048], "diff": [10 + shift]}).to_csv(root / "tables/ruler/comparisons.csv", index=False)
     pd.DataFrame({"method": ["none"], "length": [512], "needle_acc": [0.9], "needle_ppl": [1.1], "ppl": [30.0]}) \
@@ -44,7 +45,9 @@ def test_seeds_stage_summarises_every_table(tmp_path):
     ruler = pd.read_csv(out / "ruler.csv")
     lr2 = ruler[ruler["method"] == "longrope2"].iloc[0]
     assert lr2["mean"] == 61 and lr2["seeds"] == 3 and lr2["per_seed"] == "60 61 62"
-    assert pd.read_csv(out / "ruler_tasks.csv").iloc[0]["per_seed"] == "90 92 94"
+    tasks = pd.read_csv(out / "ruler_tasks.csv").set_index("task")
+    assert tasks.loc["niah_single_1", "per_seed"] == "90 92 94" and tasks.loc["cwe", "seeds"] == 0
+    assert "| cwe |" not in (out / "seeds.md").read_text()  # a cell no seed ran: in the CSV, not the table
     comp = pd.read_csv(out / "comparisons.csv").iloc[0]
     assert comp["verdict"] == "holds" and comp["lo"] > 0  # 10, 11, 12: the interval excludes 0
     assert pd.read_csv(out / "d_rcd.csv")["mean"].iloc[0] == 15
