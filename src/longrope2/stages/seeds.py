@@ -131,7 +131,7 @@ def run(cfg: dict, out: str, args: argparse.Namespace) -> None:
         md = [f"# Across {len(runs)} seeds ({', '.join(r.name for r in runs)})", ""]
         base = base_retrieval(runs)
         base.to_csv(run_.path("base_retrieval.csv"), index=False, float_format="%.6g")
-        md.append(markdown("base model retrieval at L0", base))
+        md.append(markdown("base model retrieval check", base))
         for name, (rel, keys, values) in TABLES.items():
             frames = [pd.read_csv(r / rel) for r in runs if (r / rel).is_file()]
             if len(frames) != len(runs):  # a table this experiment does not make: the header alone
