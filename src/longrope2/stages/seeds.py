@@ -59,6 +59,15 @@ def across(values: np.ndarray) -> dict:
     return {"mean": mean, "lo": mean - half, "hi": mean + half, "seeds": n}
 
 
+#: columns of a summary besides its keys
+SUMMARY = ["metric", "mean", "lo", "hi", "seeds", "per_seed"]
+
+
+def no_summary(keys: list[str]) -> pd.DataFrame:
+    """The header alone: a table some replicate did not make."""
+    return pd.DataFrame(columns=[*keys, *SUMMARY])
+
+
 def summarise(frames: list[pd.DataFrame], keys: list[str], values: list[str]) -> pd.DataFrame:
     """One row per key and value column: the mean, interval and per-seed values across the runs."""
     rows = []
@@ -90,7 +99,7 @@ def d_rcd(runs: list[Path]) -> pd.DataFrame:
             if d.get("d_rcd") is not None:
                 rows.append({"method": f.parent.name, "length": "-", "d_rcd": float(d["d_rcd"]), "_seed": i})
     if not rows:
-        return pd.DataFrame(columns=["method", "length", "metric", "mean", "lo", "hi", "seeds", "per_seed"])
+        return no_summary(["method", "length"])
     return summarise([pd.DataFrame([r for r in rows if r["_seed"] == i]).drop(columns="_seed") for i in range(len(runs))],
                      ["method", "length"], ["d_rcd"])
 
@@ -102,7 +111,7 @@ def base_retrieval(runs: list[Path]) -> pd.DataFrame:
     for run in runs:
         f = run / "base_model" / "retrieval" / "retrieval.json"
         if not f.is_file():
-            return pd.DataFrame(columns=["task", "length", "metric", "mean", "lo", "hi", "seeds", "per_seed"])
+            return no_summary(["task", "length"])
         lengths = json.loads(f.read_text())["lengths"]
         frames.append(pd.DataFrame([{"task": task, "length": L, "accuracy": acc}
                                     for L, tasks in lengths.items() for task, acc in tasks.items()]))
@@ -113,7 +122,7 @@ def markdown(name: str, df: pd.DataFrame) -> str:
     df = df[df["seeds"] > 0]  # cells no seed ran (a task too long for a length) stay in the CSV only
     if df.empty:
         return ""
-    keys = [c for c in df.columns if c not in ("mean", "lo", "hi", "seeds", "per_seed", "verdict")]
+    keys = [c for c in df.columns if c not in (*SUMMARY[1:], "verdict")]
     head = keys + ["mean [95% interval across seeds]", "seeds"] + (["verdict"] if "verdict" in df else [])
     out = [f"### {name}", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for _, r in df.iterrows():
@@ -134,8 +143,8 @@ def run(cfg: dict, out: str, args: argparse.Namespace) -> None:
         md.append(markdown("base model retrieval check", base))
         for name, (rel, keys, values) in TABLES.items():
             frames = [pd.read_csv(r / rel) for r in runs if (r / rel).is_file()]
-            if len(frames) != len(runs):  # a table this experiment does not make: the header alone
-                df = pd.DataFrame(columns=[*keys, "metric", "mean", "lo", "hi", "seeds", "per_seed"])
+            if len(frames) != len(runs):  # a table this experiment does not make
+                df = no_summary(keys)
             else:
                 df = summarise(frames, keys, values)
                 df = verdicts(df) if name == "comparisons" else df
