@@ -78,6 +78,7 @@ rule seeds_summary:
                 "comparisons",
                 "training_free",
                 "finetune",
+                "needle_comparisons",
                 "d_rcd",
             )
         ],

@@ -118,6 +118,46 @@ def base_retrieval(runs: list[Path]) -> pd.DataFrame:
     return summarise(frames, ["task", "length"], ["accuracy"])
 
 
+#: the needle tables LongRoPE2 is compared in, method against method within one run: training-free (finding
+#: (d): the plain-PPL search ablation; the baselines) and after fine-tuning (finding (b); the long-only ablation)
+NEEDLE_TABLES = ("training_free", "finetune")
+
+
+def needle_differences(table: pd.DataFrame) -> pd.DataFrame:
+    """One run's paired differences, LongRoPE2 (a) minus every other method (b) of the same stage and length:
+    ``needle_acc`` a - b, and ``needle_ppl`` as ln(b / a). Both are positive where LongRoPE2 is better, so a
+    comparison "holds" the same way as RULER's; PPL differences go on the log scale because a seed whose
+    base does not retrieve has needle-PPLs several times the others' and would otherwise set the spread."""
+    t = table.assign(stage=table["stage"] if "stage" in table else "-")
+    rows = []
+    for (stage, length), g in t.groupby(["stage", "length"], sort=False):
+        g = g.set_index("method")
+        if "longrope2" not in g.index:
+            continue
+        a = g.loc["longrope2"]
+        for b, r in g.drop(index="longrope2").iterrows():
+            rows.append({"stage": stage, "a": "longrope2", "b": b, "length": length,
+                         "needle_acc": a["needle_acc"] - r["needle_acc"],
+                         "needle_ppl": math.log(r["needle_ppl"] / a["needle_ppl"])
+                         if 0 < a["needle_ppl"] < math.inf and 0 < r["needle_ppl"] < math.inf else math.nan})
+    return pd.DataFrame(rows, columns=["stage", "a", "b", "length", "needle_acc", "needle_ppl"])
+
+
+def needle_comparisons(runs: list[Path]) -> pd.DataFrame:
+    """Across seeds, each needle-table comparison's per-seed differences with their verdict."""
+    keys = ["table", "stage", "a", "b", "length"]
+    frames = [[] for _ in runs]
+    for name in NEEDLE_TABLES:
+        rel = TABLES[name][0]
+        if not all((r / rel).is_file() for r in runs):
+            continue
+        for i, r in enumerate(runs):
+            frames[i].append(needle_differences(pd.read_csv(r / rel)).assign(table=name))
+    if not frames[0]:
+        return no_summary(keys)
+    return verdicts(summarise([pd.concat(f, ignore_index=True) for f in frames], keys, ["needle_acc", "needle_ppl"]))
+
+
 def markdown(name: str, df: pd.DataFrame) -> str:
     df = df[df["seeds"] > 0]  # cells no seed ran (a task too long for a length) stay in the CSV only
     if df.empty:
@@ -150,6 +190,9 @@ def run(cfg: dict, out: str, args: argparse.Namespace) -> None:
                 df = verdicts(df) if name == "comparisons" else df
             df.to_csv(run_.path(f"{name}.csv"), index=False, float_format="%.6g")
             md.append(markdown(name, df))
+        needles = needle_comparisons(runs)
+        needles.to_csv(run_.path("needle_comparisons.csv"), index=False, float_format="%.6g")
+        md.append(markdown("needle comparisons (LongRoPE2 minus b: accuracy; needle-PPL as ln(b / a))", needles))
         dr = d_rcd(runs)
         dr.to_csv(run_.path("d_rcd.csv"), index=False, float_format="%.6g")
         md.append(markdown("searched d_rcd", dr))
