@@ -132,6 +132,25 @@ def test_copy_batch_labels_only_the_second_copy(micro_corpus):
     assert (lab[:, :66] == -100).all() and torch.equal(lab[:, 66:], ids[:, 66:])
 
 
+def test_recall_batch_labels_each_queried_keys_value(micro_corpus):
+    """Associative recall: every labelled token is the value that followed its query key in the context."""
+    from transformers import AutoTokenizer
+    from longrope2.corpus import TokenizedCorpus
+    from longrope2.needles import NeedleBuilder
+    from longrope2.stages.pretrain import recall_batch
+
+    tok = AutoTokenizer.from_pretrained(micro_corpus / "tokenizer")
+    ids, lab = recall_batch(NeedleBuilder(TokenizedCorpus(micro_corpus, "train"), tok, seed=1), 129, 3)
+    pairs = 32
+    assert ids.shape == (3, 1 + 4 * pairs) and int((lab != -100).sum()) == 3 * pairs
+    for row, labels in zip(ids.tolist(), lab.tolist()):
+        context = dict(zip(row[1 : 1 + 2 * pairs : 2], row[2 : 2 + 2 * pairs : 2]))
+        assert len(context) == pairs  # distinct keys: the query decides the answer
+        queries = row[1 + 2 * pairs :: 2]
+        assert sorted(queries) == sorted(context) and queries != list(context)  # every key, in another order
+        assert [labels[j] for j in range(2 + 2 * pairs, len(row), 2)] == [context[k] for k in queries]
+
+
 @pytest.mark.parametrize("placement", ["uniform", "start", "corpus"])
 def test_needle_batch_ends_with_a_labelled_eos(micro_corpus, placement):
     """Rows are exactly the option's length; the answer is followed by EOS, labelled, so generation stops

@@ -129,6 +129,8 @@ def make_batch(builder: NeedleBuilder, opt: dict, batch_size: int, pad_id: int, 
     ``placement`` is ``corpus``; ``seen`` (a list) collects each sample's needle-to-question distance."""
     if opt.get("kind", "needle") == "copy":
         return copy_batch(builder, opt["length"], batch_size)
+    if opt.get("kind") == "recall":
+        return recall_batch(builder, opt["length"], batch_size)
     if opt.get("kind") == "ruler":
         return ruler_batch(ruler_source, opt, batch_size, pad_id, sampler, seen)
     placement, n = opt.get("placement", "uniform"), opt.get("needles", 1)
@@ -190,6 +192,25 @@ def copy_batch(builder: NeedleBuilder, length: int, batch_size: int):
     return ids, lab
 
 
+def recall_batch(builder: NeedleBuilder, length: int, batch_size: int):
+    """Associative recall (MQAR): BOS, key-value pairs of random tokens, then the keys again in another order,
+    each followed by its value (labelled). Only matching the queried key (not copying *a* value) lowers the
+    loss: the step a base that copies some needle's value is missing."""
+    pairs = (length - 1) // 4
+    vocab = len(builder.newline)
+    ids = torch.full((batch_size, 1 + 4 * pairs), builder.bos, dtype=torch.long)
+    lab = torch.full_like(ids, IGNORE_INDEX)
+    for i in range(batch_size):
+        keys = builder.rng.sample(range(4, vocab), pairs)
+        vals = [builder.rng.randrange(4, vocab) for _ in keys]
+        order = builder.rng.sample(range(pairs), pairs)
+        ctx = [t for k, v in zip(keys, vals) for t in (k, v)]
+        qa = [t for j in order for t in (keys[j], vals[j])]
+        ids[i, 1:] = torch.tensor(ctx + qa)
+        lab[i, 2 + 2 * pairs :: 2] = torch.tensor([vals[j] for j in order])
+    return ids, lab
+
+
 def loss_fn(model, ids, lab, lm_weight: float, pad_id: int):
     """Mean cross-entropy on answer tokens plus ``lm_weight`` x mean next-token loss on the other tokens.
 
@@ -231,7 +252,7 @@ def run(cfg: dict, out: str, args: argparse.Namespace) -> None:
             for task in option["tasks"]:
                 check.sample(task, option["length"], option.get("max_new_tokens", ANSWER_BUDGET))
             continue
-        is_copy = option.get("kind", "needle") == "copy"
+        is_copy = option.get("kind", "needle") in ("copy", "recall")
         need = 3 if is_copy else 1 + train.longest(option.get("needles", 1), option.get("queries", 1))  # + EOS
         if option["length"] < need:
             raise ConfigError("pretrain.curriculum", f"option {option}: {option['length']} tokens cannot hold the "
