@@ -149,6 +149,8 @@ def test_recall_batch_labels_each_queried_keys_value(micro_corpus):
         queries = row[1 + 2 * pairs :: 2]
         assert sorted(queries) == sorted(context) and queries != list(context)  # every key, in another order
         assert [labels[j] for j in range(2 + 2 * pairs, len(row), 2)] == [context[k] for k in queries]
+    small, _ = recall_batch(NeedleBuilder(TokenizedCorpus(micro_corpus, "train"), tok, seed=1), 33, 2, alphabet=16)
+    assert small.shape == (2, 33) and int(small[:, 1:].min()) >= 4 and int(small[:, 1:].max()) < 4 + 16
 
 
 @pytest.mark.parametrize("placement", ["uniform", "start", "corpus"])
@@ -208,6 +210,14 @@ def test_ruler_batch_is_fresh_ruler_format_with_a_labelled_eos(micro_corpus):
         value = tok.decode(answer[:-1].tolist()).strip()
         assert value.isdigit() and value not in evaluation
     assert torch.equal(make_batch(None, opt, 6, tok.pad_token_id, sampler, [], RulerSource(source.text, tok, random.Random(3)))[0], ids)
+
+
+def test_recall_alphabet_smaller_than_its_keys_fails_before_training(tmp_path, micro_corpus):
+    cfg = longer(tmp_path, 4, curriculum=[{"from_step": 0, "kind": "recall", "length": 65, "alphabet": 8}])
+    proc = run_cli("pretrain", "--config", *cfg, "--corpus", micro_corpus, "--out", tmp_path / "out", check=False)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1 and "16 <= alphabet <=" in lines[0]
+    assert not (tmp_path / "out").exists()
 
 
 def test_ruler_option_that_cannot_fit_fails_before_training(tmp_path, micro_corpus):

@@ -130,7 +130,7 @@ def make_batch(builder: NeedleBuilder, opt: dict, batch_size: int, pad_id: int, 
     if opt.get("kind", "needle") == "copy":
         return copy_batch(builder, opt["length"], batch_size)
     if opt.get("kind") == "recall":
-        return recall_batch(builder, opt["length"], batch_size)
+        return recall_batch(builder, opt["length"], batch_size, opt.get("alphabet"))
     if opt.get("kind") == "ruler":
         return ruler_batch(ruler_source, opt, batch_size, pad_id, sampler, seen)
     placement, n = opt.get("placement", "uniform"), opt.get("needles", 1)
@@ -192,12 +192,12 @@ def copy_batch(builder: NeedleBuilder, length: int, batch_size: int):
     return ids, lab
 
 
-def recall_batch(builder: NeedleBuilder, length: int, batch_size: int):
+def recall_batch(builder: NeedleBuilder, length: int, batch_size: int, alphabet: int | None = None):
     """Associative recall (MQAR): BOS, key-value pairs of random tokens, then the keys again in another order,
     each followed by its value (labelled). Only matching the queried key (not copying *a* value) lowers the
     loss: the step a base that copies some needle's value is missing."""
     pairs = (length - 1) // 4
-    vocab = len(builder.newline)
+    vocab = 4 + alphabet if alphabet else len(builder.newline)
     ids = torch.full((batch_size, 1 + 4 * pairs), builder.bos, dtype=torch.long)
     lab = torch.full_like(ids, IGNORE_INDEX)
     for i in range(batch_size):
@@ -252,6 +252,11 @@ def run(cfg: dict, out: str, args: argparse.Namespace) -> None:
             for task in option["tasks"]:
                 check.sample(task, option["length"], option.get("max_new_tokens", ANSWER_BUDGET))
             continue
+        if option.get("kind") == "recall":  # distinct keys: at least as many tokens as pairs, all in the vocabulary
+            pairs, top = (option["length"] - 1) // 4, len(train.newline) - 4
+            if not pairs <= option.get("alphabet", top) <= top:
+                raise ConfigError("pretrain.curriculum", f"option {option}: alphabet must hold its {pairs} distinct keys "
+                                  f"and lie in the vocabulary; allowed: {pairs} <= alphabet <= {top}")
         is_copy = option.get("kind", "needle") in ("copy", "recall")
         need = 3 if is_copy else 1 + train.longest(option.get("needles", 1), option.get("queries", 1))  # + EOS
         if option["length"] < need:
