@@ -31,6 +31,10 @@ def fake_run(root, seed, shift):
     pd.DataFrame({"method": ["none", "longrope2", "longrope2_plain_ppl", "yarn"], "length": [512, 2048, 2048, 2048],
                   "needle_acc": [0.9, 0.2 + 0.05 * seed, 0.1, 0.3], "needle_ppl": [1.1, 2.0, 2.0 * math.e, math.inf],
                   "ppl": [30.0] * 4}).to_csv(root / "tables/training_free/training_free.csv", index=False)
+    pd.DataFrame({"method": ["longrope2", "longrope2_no_mixed", "longrope2", "yarn"],
+                  "stage": ["after", "after", "before", "before"], "length": [2048] * 4,
+                  "needle_acc": [0.5, 0.2 + 0.1 * seed, 0.1, 0.1], "needle_ppl": [1.5, 3.0, 4.0, 4.0], "ppl": [20.0] * 4}) \
+        .to_csv(root / "tables/finetune/finetune_comparison.csv", index=False)
     (root / "search" / "longrope2" / "factors.json").write_text(f'{{"d_rcd": {14 + seed}}}')
     (root / "base_model" / "retrieval").mkdir(parents=True)
     (root / "base_model" / "retrieval" / "retrieval.json").write_text(
@@ -51,17 +55,24 @@ def test_seeds_stage_summarises_every_table(tmp_path):
     assert "| cwe |" not in (out / "seeds.md").read_text()  # a cell no seed ran: in the CSV, not the table
     comp = pd.read_csv(out / "comparisons.csv").iloc[0]
     assert comp["verdict"] == "holds" and comp["lo"] > 0  # 10, 11, 12: the interval excludes 0
-    needles = pd.read_csv(out / "needle_comparisons.csv").set_index(["b", "metric"])
-    plain = needles.loc[("longrope2_plain_ppl", "needle_acc")]  # finding (d): 0.1, 0.15, 0.2 better
+    needles = pd.read_csv(out / "needle_comparisons.csv")
+    free = needles[needles["table"] == "training_free"].set_index(["b", "metric"])
+    plain = free.loc[("longrope2_plain_ppl", "needle_acc")]  # finding (d): 0.1, 0.15, 0.2 better
     assert plain["table"] == "training_free" and plain["per_seed"] == "0.1 0.15 0.2" and plain["verdict"] == "holds"
-    assert needles.loc[("longrope2_plain_ppl", "needle_ppl"), "mean"] == pytest.approx(1.0)  # ln(2e / 2)
-    assert needles.loc[("yarn", "needle_acc"), "verdict"] == "no difference"  # -0.1, -0.05, 0
-    assert needles.loc[("yarn", "needle_ppl"), "seeds"] == 0  # an overflowing PPL gives no ratio
+    assert free.loc[("longrope2_plain_ppl", "needle_ppl"), "mean"] == pytest.approx(1.0)  # ln(2e / 2)
+    assert free.loc[("yarn", "needle_acc"), "verdict"] == "no difference"  # -0.1, -0.05, 0
+    assert free.loc[("yarn", "needle_ppl"), "seeds"] == 0  # an overflowing PPL gives no ratio
     assert pd.read_csv(out / "d_rcd.csv")["mean"].iloc[0] == 15
     base = pd.read_csv(out / "base_retrieval.csv").set_index("task")
     assert base.loc["single", "mean"] == pytest.approx(0.6) and base.loc["single", "per_seed"] == "0.5 0.6 0.7"
     assert base.loc["multi", "lo"] == pytest.approx(0.1) and base.loc["multi", "seeds"] == 3  # no spread
-    assert pd.read_csv(out / "retention.csv").empty and pd.read_csv(out / "finetune.csv").empty  # tables not made
+    tuned = needles[needles["table"] == "finetune"].set_index(["stage", "b", "metric"])
+    mixed = tuned.loc[("after", "longrope2_no_mixed", "needle_acc")]  # compared within the "after" rows only
+    assert mixed["per_seed"] == "0.3 0.2 0.1" and mixed["verdict"] == "no difference"  # [-0.05, 0.45]
+    assert tuned.loc[("after", "longrope2_no_mixed", "needle_ppl"), "mean"] == pytest.approx(math.log(2))
+    before = tuned.loc[("before", "yarn", "needle_acc")]
+    assert before["mean"] == 0 and before["verdict"] == "no difference"
+    assert pd.read_csv(out / "retention.csv").empty  # a table the runs did not make
     assert "Across 3 seeds" in (out / "seeds.md").read_text() and (out / "manifest.json").is_file()
 
 

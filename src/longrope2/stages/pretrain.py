@@ -257,8 +257,8 @@ def run(cfg: dict, out: str, args: argparse.Namespace) -> None:
             if not pairs <= option.get("alphabet", top) <= top:
                 raise ConfigError("pretrain.curriculum", f"option {option}: alphabet must hold its {pairs} distinct keys "
                                   f"and lie in the vocabulary; allowed: {pairs} <= alphabet <= {top}")
-        is_copy = option.get("kind", "needle") in ("copy", "recall")
-        need = 3 if is_copy else 1 + train.longest(option.get("needles", 1), option.get("queries", 1))  # + EOS
+        random_tokens = option.get("kind", "needle") in ("copy", "recall")
+        need = 3 if random_tokens else 1 + train.longest(option.get("needles", 1), option.get("queries", 1))  # + EOS
         if option["length"] < need:
             raise ConfigError("pretrain.curriculum", f"option {option}: {option['length']} tokens cannot hold the "
                               f"needle template with the longest keys ({need} tokens); allowed: length >= {need}")
