@@ -131,3 +131,31 @@ def test_stratified_search_spreads_children_evenly_over_d_rcd(tmp_path):
     drift.run()
     moved = Counter(d for rec in drift.log.read()[1:] for d in rec["proposed_d_rcd"])
     assert max(moved.values()) - min(moved.get(d, 0) for d in strata) > 3  # drifting: some values hardly tried
+
+
+def test_overfit_check_tells_a_harder_held_out_set_from_over_fitting():
+    """A held-out set 0.5 nats harder for every method parts the two PPL intervals, but the paired
+    difference best - reference is the same on both sets; a best that is only good on its own samples
+    differs from the reference on held-out by more than on the search set."""
+    from longrope2.stages.search import overfit_check
+
+    rng = np.random.default_rng(0)
+    n = 64
+    difficulty = {"search": rng.normal(1.0, 0.1, n), "heldout": rng.normal(1.5, 0.1, n)}  # held-out harder
+    hit = np.zeros(n, dtype=bool)
+    ref = {k: d + rng.normal(0.3, 0.02, n) for k, d in difficulty.items()}  # an unselected method, 0.3 nats worse
+    honest = {k: d + rng.normal(0.0, 0.02, n) for k, d in difficulty.items()}
+    check = overfit_check((honest["search"], hit), (honest["heldout"], hit),
+                          {"ntk": ((ref["search"], hit), (ref["heldout"], hit))}, seed=0)
+    assert not check["agree"]  # e^1.0 vs e^1.5: the sets differ, whoever is scored
+    r = check["references"]["ntk"]
+    assert r["agree"] and r["ppl"]["heldout"]["lo"] > r["ppl"]["search_set"]["hi"]
+    for part in ("search_set", "heldout"):
+        assert r["best_minus_reference"][part]["estimate"] == pytest.approx(-0.3, abs=0.02)
+        assert r["best_minus_reference"][part]["n"] == n
+
+    fitted = dict(honest, search=honest["search"] - 0.2)  # 0.2 nats better on its own samples only
+    check = overfit_check((fitted["search"], hit), (fitted["heldout"], hit),
+                          {"ntk": ((ref["search"], hit), (ref["heldout"], hit))}, seed=0)
+    d = check["references"]["ntk"]["best_minus_reference"]
+    assert not check["references"]["ntk"]["agree"] and d["search_set"]["hi"] < d["heldout"]["lo"]

@@ -130,6 +130,13 @@ def test_search_stage_outputs(micro_run):
             ppl = check[part]["ppl"]
             assert check[part]["n"] == 2 and 1.0 <= ppl["lo"] <= ppl["estimate"] <= ppl["hi"]
         assert isinstance(check["agree"], bool)
+        # and against the unselected references (search.heldout_references), paired sample by sample
+        assert set(check["references"]) == {"ntk", "yarn"}
+        for ref in check["references"].values():
+            for part in ("search_set", "heldout"):
+                diff = ref["best_minus_reference"][part]
+                assert diff["n"] == 2 and diff["lo"] <= diff["estimate"] <= diff["hi"]
+            assert isinstance(ref["agree"], bool)
 
 
 def test_every_file_a_job_writes_is_declared(micro_run):
