@@ -136,7 +136,11 @@ def test_search_stage_outputs(micro_run):
             for part in ("search_set", "heldout"):
                 diff = ref["best_minus_reference"][part]
                 assert diff["n"] == 2 and diff["lo"] <= diff["estimate"] <= diff["hi"]
-            assert isinstance(ref["agree"], bool)
+                # a mean of per-sample differences: ln(best's PPL / the reference's) on the same samples
+                want = math.log(check[part]["ppl"]["estimate"]) - math.log(ref["ppl"][part]["estimate"])
+                assert diff["estimate"] == pytest.approx(want, abs=1e-9)
+            lo_hi = [ref["best_minus_reference"][p] for p in ("search_set", "heldout")]
+            assert ref["agree"] == (lo_hi[0]["lo"] <= lo_hi[1]["hi"] and lo_hi[1]["lo"] <= lo_hi[0]["hi"])
 
 
 def test_every_file_a_job_writes_is_declared(micro_run):

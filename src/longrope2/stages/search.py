@@ -79,6 +79,11 @@ def ppl_interval(nll: np.ndarray, hit: np.ndarray, seed: int) -> dict:
             "accuracy": acc.as_dict()}
 
 
+def overlap(a: dict, b: dict) -> bool:
+    """Whether two intervals (``lo``/``hi`` mappings) overlap: the check's "agree"."""
+    return a["lo"] <= b["hi"] and b["lo"] <= a["hi"]
+
+
 def overfit_check(best: tuple[np.ndarray, np.ndarray], held: tuple[np.ndarray, np.ndarray],
                   references: dict[str, tuple[np.ndarray, np.ndarray]], seed: int) -> dict:
     """The best candidate on the search set and on held-out samples, and against unselected references.
@@ -89,17 +94,16 @@ def overfit_check(best: tuple[np.ndarray, np.ndarray], held: tuple[np.ndarray, n
     the same on both sets unless the search fitted its own samples; ``references`` holds each reference's
     per-sample (NLL, exact match) on the search set and on held-out."""
     check = {"search_set": ppl_interval(*best, seed), "heldout": ppl_interval(*held, seed)}
-    a, b = check["search_set"]["ppl"], check["heldout"]["ppl"]
-    check["agree"] = a["lo"] <= b["hi"] and b["lo"] <= a["hi"]  # the two 95% intervals overlap
+    check["agree"] = overlap(check["search_set"]["ppl"], check["heldout"]["ppl"])  # the two 95% intervals overlap
     check["references"] = {}
     for name, (ref_search, ref_held) in references.items():
-        diff = [stats.paired_bootstrap_diff(best[0], ref_search[0], seed=seed),
-                stats.paired_bootstrap_diff(held[0], ref_held[0], seed=seed)]
+        diff = [stats.paired_bootstrap_diff(best[0], ref_search[0], seed=seed).as_dict(),
+                stats.paired_bootstrap_diff(held[0], ref_held[0], seed=seed).as_dict()]
         check["references"][name] = {
             "ppl": {"search_set": ppl_interval(*ref_search, seed)["ppl"], "heldout": ppl_interval(*ref_held, seed)["ppl"]},
             # mean per-sample NLL of the best minus the reference's (nats; < 0: the best is better)
-            "best_minus_reference": {"search_set": diff[0].as_dict(), "heldout": diff[1].as_dict()},
-            "agree": diff[0].lo <= diff[1].hi and diff[1].lo <= diff[0].hi,
+            "best_minus_reference": {"search_set": diff[0], "heldout": diff[1]},
+            "agree": overlap(*diff),
         }
     return check
 
