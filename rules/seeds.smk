@@ -45,7 +45,7 @@ for SEED in SEEDS:
 
 rule seeds_summary:
     """Mean and 95% interval across seeds of every table (the base's retrieval check, RULER, retention,
-    comparisons, needle metrics, the searched d_rcd)."""
+    comparisons, needle metrics, the searched d_rcd, the search's over-fitting check)."""
     input:
         tables=[
             run / "tables" / rel
@@ -80,6 +80,7 @@ rule seeds_summary:
                 "finetune",
                 "needle_comparisons",
                 "d_rcd",
+                "overfit",
             )
         ],
         manifest=SEEDS_OUT / "manifest.json",

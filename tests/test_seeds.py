@@ -1,5 +1,6 @@
 """Replicates: the paper experiment runs the whole DAG once per seed and summarises the tables across seeds."""
 
+import json
 import math
 
 import pandas as pd
@@ -35,7 +36,17 @@ def fake_run(root, seed, shift):
                   "stage": ["after", "after", "before", "before"], "length": [2048] * 4,
                   "needle_acc": [0.5, 0.2 + 0.1 * seed, 0.1, 0.1], "needle_ppl": [1.5, 3.0, 4.0, 4.0], "ppl": [20.0] * 4}) \
         .to_csv(root / "tables/finetune/finetune_comparison.csv", index=False)
-    (root / "search" / "longrope2" / "factors.json").write_text(f'{{"d_rcd": {14 + seed}}}')
+    # over-fitting check: the held-out set 0.3 nats harder for every method on seed 2 only (best and
+    # reference alike), and the best 0.30, 0.32, 0.34 nats worse against YaRN on the held-out set than on its own
+    hard = 0.3 if seed == 2 else 0.0
+    ppl = lambda nll, w=0.1: {"estimate": math.exp(nll), "lo": math.exp(nll - w), "hi": math.exp(nll + w)}
+    paired = lambda d: {"estimate": d, "lo": d - 0.05, "hi": d + 0.05, "n": 32}
+    check = {"search_set": {"n": 32, "ppl": ppl(1.0)}, "heldout": {"n": 32, "ppl": ppl(1.0 + hard)}, "agree": seed != 2,
+             "references": {"ntk": {"best_minus_reference": {"search_set": paired(-0.5), "heldout": paired(-0.5)},
+                                    "agree": True},
+                            "yarn": {"best_minus_reference": {"search_set": paired(0.2),
+                                                              "heldout": paired(0.5 + 0.02 * seed)}, "agree": seed == 0}}}
+    (root / "search" / "longrope2" / "factors.json").write_text(json.dumps({"d_rcd": 14 + seed, "best_on_heldout": check}))
     (root / "base_model" / "retrieval").mkdir(parents=True)
     (root / "base_model" / "retrieval" / "retrieval.json").write_text(
         f'{{"lengths": {{"512": {{"single": {0.5 + 0.1 * seed}, "multi": 0.1}}}}, "samples": 200}}')
@@ -72,6 +83,15 @@ def test_seeds_stage_summarises_every_table(tmp_path):
     assert tuned.loc[("after", "longrope2_no_mixed", "needle_ppl"), "mean"] == pytest.approx(math.log(2))
     before = tuned.loc[("before", "yarn", "needle_acc")]
     assert before["mean"] == 0 and before["verdict"] == "no difference"
+    fit = pd.read_csv(out / "overfit.csv").set_index(["reference", "metric"])
+    literal = fit.loc[("-", "heldout_minus_search")]  # 0, 0, 0.3: the seed with harder held-out documents
+    assert literal["per_seed"] == "0 0 0.3" and literal["verdict"] == "no difference"
+    assert fit.loc[("-", "agree"), "mean"] == pytest.approx(2 / 3) and math.isnan(fit.loc[("-", "agree"), "lo"])
+    ntk = fit.loc[("ntk", "heldout_minus_search")]  # paired: the harder split cancels
+    assert ntk["mean"] == pytest.approx(0) and ntk["verdict"] == "no difference"
+    yarn = fit.loc[("yarn", "heldout_minus_search")]  # the best's edge shrinks on fresh samples, every seed
+    assert yarn["mean"] == pytest.approx(0.32) and yarn["lo"] > 0 and yarn["verdict"] == "over-fits"
+    assert "search over-fitting check" in (out / "seeds.md").read_text()
     assert pd.read_csv(out / "retention.csv").empty  # a table the runs did not make
     assert "Across 3 seeds" in (out / "seeds.md").read_text() and (out / "manifest.json").is_file()
 

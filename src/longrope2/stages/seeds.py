@@ -118,6 +118,52 @@ def base_retrieval(runs: list[Path]) -> pd.DataFrame:
     return summarise(frames, ["task", "length"], ["accuracy"])
 
 
+def overfit_rows(factors: dict) -> list[dict]:
+    """One search's over-fitting check (``best_on_heldout``) in nats: its best candidate's ln PPL (needle-PPL, or
+    plain PPL for a plain-PPL search) on the search and held-out sets, and for each fixed reference method the paired best - reference on each set.
+    ``heldout_minus_search`` > 0 means the best lost on fresh samples what it had won on its own."""
+    b = factors.get("best_on_heldout")
+    if not b:
+        return []
+    s, h = math.log(b["search_set"]["ppl"]["estimate"]), math.log(b["heldout"]["ppl"]["estimate"])
+    rows = [{"reference": "-", "search": s, "heldout": h, "heldout_minus_search": h - s, "agree": float(b["agree"])}]
+    for ref, r in b.get("references", {}).items():
+        s, h = (r["best_minus_reference"][k]["estimate"] for k in ("search_set", "heldout"))
+        rows.append({"reference": ref, "search": s, "heldout": h, "heldout_minus_search": h - s,
+                     "agree": float(r["agree"])})
+    return rows
+
+
+OVERFIT_KEYS = ["method", "reference", "length"]
+OVERFIT_VALUES = ["search", "heldout", "heldout_minus_search", "agree"]
+
+
+def overfit(runs: list[Path]) -> pd.DataFrame:
+    """Each search's over-fitting check across seeds. Reference "-" is the literal check (ln PPL of the best
+    candidate; ``agree``: the share of seeds whose two intervals overlap); a reference method gives the paired
+    one, which a held-out split that is harder for every method leaves unchanged. Verdict on
+    ``heldout_minus_search``: "over-fits" when its interval across seeds lies above 0."""
+    frames = []
+    for run in runs:
+        rows = [{"method": f.parent.name, "length": "-", **r}
+                for f in sorted((run / "search").glob("*/factors.json")) for r in overfit_rows(json.loads(f.read_text()))]
+        frames.append(pd.DataFrame(rows, columns=OVERFIT_KEYS + OVERFIT_VALUES))
+    if all(f.empty for f in frames):
+        return no_summary(OVERFIT_KEYS).assign(verdict=[])
+    df = summarise(frames, OVERFIT_KEYS, OVERFIT_VALUES)
+    share = df["metric"] == "agree"  # a share of seeds: no t-interval
+    df.loc[share, ["lo", "hi"]] = math.nan
+
+    def one(r):
+        if r["metric"] != "heldout_minus_search":
+            return "-"
+        if r["seeds"] < 2 or math.isnan(r["lo"]):
+            return "one seed"
+        return "over-fits" if r["lo"] > 0 else "held-out better" if r["hi"] < 0 else "no difference"
+
+    return df.assign(verdict=df.apply(one, axis=1))
+
+
 #: the needle tables LongRoPE2 is compared in, method against method within one run: training-free (finding
 #: (d): the plain-PPL search ablation; the baselines) and after fine-tuning (finding (b); the long-only ablation)
 NEEDLE_TABLES = ("training_free", "finetune")
@@ -176,6 +222,7 @@ def run(cfg: dict, out: str, args: argparse.Namespace) -> None:
     runs = [Path(r) for r in args.runs]
     rels = [rel for rel, _, _ in TABLES.values()] + ["base_model/retrieval/retrieval.json"]
     inputs = [r / rel for r in runs for rel in rels if (r / rel).is_file()]
+    inputs += [f for r in runs for f in sorted((r / "search").glob("*/factors.json"))]
     with StageRun("seeds", out, cfg, inputs=inputs, seed=None) as run_:
         md = [f"# Across {len(runs)} seeds ({', '.join(r.name for r in runs)})", ""]
         base = base_retrieval(runs)
@@ -196,5 +243,10 @@ def run(cfg: dict, out: str, args: argparse.Namespace) -> None:
         dr = d_rcd(runs)
         dr.to_csv(run_.path("d_rcd.csv"), index=False, float_format="%.6g")
         md.append(markdown("searched d_rcd", dr))
+        fit = overfit(runs)
+        fit.to_csv(run_.path("overfit.csv"), index=False, float_format="%.6g")
+        md.append(markdown("search over-fitting check (nats: ln PPL of the best candidate on the search's own "
+                           "fitness, or best minus reference paired per sample; agree: share of seeds whose "
+                           "intervals overlap)", fit))
         run_.write_text("seeds.md", "\n".join(md))
     print("\n".join(md))
