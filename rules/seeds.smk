@@ -45,7 +45,8 @@ for SEED in SEEDS:
 
 rule seeds_summary:
     """Mean and 95% interval across seeds of every table (the base's retrieval check, RULER, retention,
-    comparisons, needle metrics, the searched d_rcd, the search's over-fitting check)."""
+    comparisons, needle metrics, the searched d_rcd, the search's over-fitting check).
+    """
     input:
         tables=[
             run / "tables" / rel
