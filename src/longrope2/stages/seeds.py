@@ -81,12 +81,15 @@ def summarise(frames: list[pd.DataFrame], keys: list[str], values: list[str]) ->
     return pd.DataFrame(rows)
 
 
-def verdicts(df: pd.DataFrame) -> pd.DataFrame:
-    """Comparisons: holds (a better) / reversed (b better) when the seeds' interval excludes 0."""
+def verdicts(df: pd.DataFrame, above: str = "holds", below: str = "reversed", metric: str | None = None) -> pd.DataFrame:
+    """Comparisons: ``above`` (a better) / ``below`` (b better) when the seeds' interval lies above / below 0;
+    with ``metric``, only that metric's rows get a verdict (the others "-")."""
     def one(r):
+        if metric is not None and r["metric"] != metric:
+            return "-"
         if r["seeds"] < 2 or math.isnan(r["lo"]):
             return "one seed"
-        return "holds" if r["lo"] > 0 else "reversed" if r["hi"] < 0 else "no difference"
+        return above if r["lo"] > 0 else below if r["hi"] < 0 else "no difference"
 
     return df.assign(verdict=df.apply(one, axis=1)) if len(df) else df
 
@@ -119,9 +122,10 @@ def base_retrieval(runs: list[Path]) -> pd.DataFrame:
 
 
 def overfit_rows(factors: dict) -> list[dict]:
-    """One search's over-fitting check (``best_on_heldout``) in nats: its best candidate's ln PPL (needle-PPL, or
-    plain PPL for a plain-PPL search) on the search and held-out sets, and for each fixed reference method the paired best - reference on each set.
-    ``heldout_minus_search`` > 0 means the best lost on fresh samples what it had won on its own."""
+    """One search's over-fitting check (``best_on_heldout``) in nats: its best candidate's ln PPL (needle-PPL,
+    or plain PPL for a plain-PPL search) on the search and held-out sets, and for each fixed reference method
+    the paired best - reference on each set. ``heldout_minus_search`` > 0: the best lost on fresh samples
+    what it had won on its own."""
     b = factors.get("best_on_heldout")
     if not b:
         return []
@@ -153,15 +157,7 @@ def overfit(runs: list[Path]) -> pd.DataFrame:
     df = summarise(frames, OVERFIT_KEYS, OVERFIT_VALUES)
     share = df["metric"] == "agree"  # a share of seeds: no t-interval
     df.loc[share, ["lo", "hi"]] = math.nan
-
-    def one(r):
-        if r["metric"] != "heldout_minus_search":
-            return "-"
-        if r["seeds"] < 2 or math.isnan(r["lo"]):
-            return "one seed"
-        return "over-fits" if r["lo"] > 0 else "held-out better" if r["hi"] < 0 else "no difference"
-
-    return df.assign(verdict=df.apply(one, axis=1))
+    return verdicts(df, above="over-fits", below="held-out better", metric="heldout_minus_search")
 
 
 #: the needle tables LongRoPE2 is compared in, method against method within one run: training-free (finding
