@@ -36,6 +36,10 @@ def test_default_and_shipped_experiments_validate():
         ({"experiment": {"name": "a b"}}, "experiment.name", "must match"),
         ({"evaluation": {"ruler": {"training_free": ["ntk_static"]}}}, "evaluation.ruler.training_free",
          "allowed: none, pi, ntk, yarn"),  # a registry name this experiment does not build
+        ({"pretrain": {"warmup": {"kind": "needle", "length": 64, "until_loss": 0.05, "max_steps": 10}}},
+         "pretrain.warmup.kind", "allowed: copy, recall"),
+        ({"pretrain": {"warmup": {"kind": "copy", "span": "random", "length": 64, "until_loss": 0.05, "max_steps": 10}}},
+         "pretrain.warmup.span", "allowed: fixed, varied"),
     ],
 )
 def test_bad_values_name_the_key(tmp_path, override, key, allowed):
@@ -72,3 +76,10 @@ def test_ruler_training_free_rows_keep_the_base(tmp_path):
         == ["none", "yarn"]  # retention needs the base
     every = load_with(tmp_path, {"evaluation": {"ruler": {"training_free": None}}})
     assert methods.ruler_training_free(every) == methods.training_free(every)
+
+
+def test_pretrain_warmup_is_optional_and_null_turns_it_off(tmp_path):
+    """A warm-up gets its window default; null (a later file's way to drop an earlier file's warm-up) means none."""
+    warm = {"kind": "copy", "span": "varied", "length": 64, "until_loss": 0.05, "max_steps": 10}
+    assert load_with(tmp_path, {"pretrain": {"warmup": warm}})["pretrain"]["warmup"] == {**warm, "window": 20}
+    assert load_with(tmp_path, {"pretrain": {"warmup": None}})["pretrain"]["warmup"] is None

@@ -132,6 +132,30 @@ def test_copy_batch_labels_only_the_second_copy(micro_corpus):
     assert (lab[:, :66] == -100).all() and torch.equal(lab[:, 66:], ids[:, 66:])
 
 
+def test_varied_copy_spans_put_the_copy_at_different_distances(micro_corpus):
+    """span varied: each row copies 32-64 tokens right after themselves, so the copy's offset differs
+    between rows (no single positional head solves it); labels only on the copy, padding after it."""
+    from transformers import AutoTokenizer
+
+    from longrope2.corpus import TokenizedCorpus
+    from longrope2.needles import NeedleBuilder
+    from longrope2.stages.pretrain import copy_batch
+
+    tok = AutoTokenizer.from_pretrained(micro_corpus / "tokenizer")
+    ids, lab = copy_batch(NeedleBuilder(TokenizedCorpus(micro_corpus, "train"), tok, seed=1), 129, 8, "varied",
+                          tok.pad_token_id)
+    assert ids.shape == lab.shape == (8, 129) and (ids[:, 0] == tok.bos_token_id).all()
+    spans = []
+    for row, labels in zip(ids, lab):
+        k = int((labels != -100).sum()) + 1
+        assert 32 <= k <= 64
+        torch.testing.assert_close(row[1 : 1 + k], row[1 + k : 1 + 2 * k])
+        assert torch.equal(labels[2 + k : 1 + 2 * k], row[2 + k : 1 + 2 * k]) and (labels[: 2 + k] == -100).all()
+        assert (row[1 + 2 * k :] == tok.pad_token_id).all()
+        spans.append(k)
+    assert len(set(spans)) > 4
+
+
 def test_recall_batch_labels_each_queried_keys_value(micro_corpus):
     """Associative recall: every labelled token is the value that followed its query key in the context."""
     from transformers import AutoTokenizer
@@ -244,3 +268,31 @@ def test_ruler_curve_set_at_l0(micro_corpus):
     for ids, lab in sets.values():
         assert ids.shape[0] == 3 and ids.shape[1] <= 512
         assert ((lab != -100).sum(1) >= 2).all()
+
+
+@pytest.mark.parametrize("gate, steps, reached", [(100.0, 3, True), (1e-9, 6, False)])
+def test_warmup_runs_until_its_loss_gate_then_the_curriculum(tmp_path, micro_corpus, gate, steps, reached):
+    """The warm-up stops once the mean answer loss of its last `window` steps is under the gate (here at
+    once: 3 steps) or at max_steps (the gate never reached); the curriculum's steps follow in full."""
+    warm = {"kind": "copy", "length": 32, "until_loss": gate, "window": 3, "max_steps": 6}
+    out = tmp_path / "out"
+    run_cli("pretrain", "--config", *longer(tmp_path, 8, warmup=warm), "--corpus", micro_corpus, "--out", out,
+            "--checkpoint-dir", tmp_path / "ck")
+    summary = json.loads((out / "pretrain.json").read_text())
+    assert summary["warmup"]["steps"] == steps and summary["warmup"]["reached"] is reached
+    assert summary["steps"] == 8 and summary["tokens"] > steps * 4 * 31  # the warm-up's rows (31 tokens) counted too
+    curve = (out / "pretrain_curve.csv").read_text().splitlines()
+    assert curve[1].startswith("0,") and curve[-1].startswith("8,")  # the curve counts curriculum steps
+
+
+def test_kill_during_the_warmup_resumes_to_the_same_weights(tmp_path, micro_corpus):
+    warm = {"kind": "copy", "length": 32, "until_loss": 1e-9, "window": 3, "max_steps": 10}
+    cfg = longer(tmp_path, 8, warmup=warm)
+    ref = tmp_path / "ref"
+    run_cli("pretrain", "--config", *cfg, "--corpus", micro_corpus, "--out", ref, "--checkpoint-dir", tmp_path / "c1")
+    ckdir = tmp_path / "c2"
+    killed_after_a_checkpoint(cfg, micro_corpus, tmp_path / "resumed", ckdir)
+    second = run_cli("pretrain", "--config", *cfg, "--corpus", micro_corpus, "--out", tmp_path / "resumed",
+                     "--checkpoint-dir", ckdir)
+    assert "resuming from step" in second.stdout + second.stderr
+    assert same_weights(ref, tmp_path / "resumed")

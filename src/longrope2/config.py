@@ -69,7 +69,8 @@ def load_files(paths: Iterable[str | Path]) -> dict:
 def _fill_defaults(node: Any, sch: Mapping) -> Any:
     """Fill schema defaults and write every ``number`` as a float, so 10000 and 10000.0 are one value
     (a rule's params compare the JSON text: restating a value must not rerun anything)."""
-    if sch.get("type") == "object" and isinstance(node, dict):
+    types = sch.get("type") if isinstance(sch.get("type"), list) else [sch.get("type")]  # [object, "null"]: optional
+    if "object" in types and isinstance(node, dict):
         for key, sub in sch.get("properties", {}).items():
             if key not in node and "default" in sub:
                 node[key] = copy.deepcopy(sub["default"])

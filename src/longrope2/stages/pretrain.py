@@ -128,7 +128,7 @@ def make_batch(builder: NeedleBuilder, opt: dict, batch_size: int, pad_id: int, 
     """One batch of the option's samples (``length`` tokens each, the last one EOS); ``sampler`` places needles at corpus distances when the option's
     ``placement`` is ``corpus``; ``seen`` (a list) collects each sample's needle-to-question distance."""
     if opt.get("kind", "needle") == "copy":
-        return copy_batch(builder, opt["length"], batch_size)
+        return copy_batch(builder, opt["length"], batch_size, opt.get("span", "fixed"), pad_id)
     if opt.get("kind") == "recall":
         return recall_batch(builder, opt["length"], batch_size, opt.get("alphabet"))
     if opt.get("kind") == "ruler":
@@ -177,18 +177,21 @@ def prompt_answer_batch(rows: list[tuple[list[int], list[int]]], pad_id: int) ->
     return ids, lab
 
 
-def copy_batch(builder: NeedleBuilder, length: int, batch_size: int):
+def copy_batch(builder: NeedleBuilder, length: int, batch_size: int, span: str = "fixed", pad_id: int = 0):
     """BOS + random tokens + the same tokens again, the copy labelled: only copying (an induction head, the
-    mechanism retrieval reuses) can lower that loss. An optional warm-up; README, "Scale model", says
-    what it did in a probe."""
+    mechanism retrieval reuses) can lower that loss. ``span`` ``fixed``: every row copies (length - 1) / 2
+    tokens, so the copy always lies the same distance back and a head attending to that offset solves it;
+    ``varied``: each row's span is drawn from [a quarter, a half] of the length (the rest padding), so only
+    matching the previous token's content does. README, "Scale model", says what each did in probes."""
     half = (length - 1) // 2
     vocab = len(builder.newline)
-    ids = torch.full((batch_size, 1 + 2 * half), builder.bos, dtype=torch.long)
-    for i in range(batch_size):
-        span = torch.tensor([builder.rng.randrange(4, vocab) for _ in range(half)])
-        ids[i, 1 : 1 + half], ids[i, 1 + half :] = span, span
+    ids = torch.full((batch_size, 1 + 2 * half), builder.bos if span == "fixed" else pad_id, dtype=torch.long)
     lab = torch.full_like(ids, IGNORE_INDEX)
-    lab[:, 2 + half :] = ids[:, 2 + half :]  # the first token of the copy cannot be known yet
+    for i in range(batch_size):
+        k = half if span == "fixed" else builder.rng.randint(max(2, half // 2), half)
+        tokens = torch.tensor([builder.rng.randrange(4, vocab) for _ in range(k)])
+        ids[i, 0], ids[i, 1 : 1 + k], ids[i, 1 + k : 1 + 2 * k] = builder.bos, tokens, tokens
+        lab[i, 2 + k : 1 + 2 * k] = tokens[1:]  # the first token of the copy cannot be known yet
     return ids, lab
 
 
@@ -227,6 +230,21 @@ def loss_fn(model, ids, lab, lm_weight: float, pad_id: int):
     return answer_loss + lm_weight * text_loss, answer_loss
 
 
+def train_step(model, opt, ids, lab, lm_weight: float, pad_id: int, grad_clip: float) -> tuple[float, float]:
+    """One optimizer step on a batch: (loss, answer loss)."""
+    loss, answer_loss = loss_fn(model, ids, lab, lm_weight, pad_id)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    opt.step()
+    return loss.item(), answer_loss.item()
+
+
+def show(bar, losses: tuple[float, float], length: int, tokens: int, t0: float) -> None:
+    bar.set_postfix(loss=f"{losses[0]:.3f}", ans=f"{losses[1]:.3f}", len=length,
+                    tok_s=f"{tokens / (time.perf_counter() - t0):.0f}")
+
+
 def run(cfg: dict, out: str, args: argparse.Namespace) -> None:
     from transformers import AutoTokenizer
 
@@ -247,7 +265,9 @@ def run(cfg: dict, out: str, args: argparse.Namespace) -> None:
     if any(o.get("kind") == "ruler" for o in p["curriculum"]):
         ruler_source = RulerSource.from_corpus(train.corpus, tok, train.rng)  # the builder's rng: checkpointed
         check = RulerSource(ruler_source.text, tok, random.Random(0))  # checking moves no training draw
-    for option in p["curriculum"]:  # fail now, not at the step where a draw of long keys does not fit
+    warm = p.get("warmup")
+    field = lambda option: "pretrain.warmup" if option is warm else "pretrain.curriculum"  # noqa: E731
+    for option in p["curriculum"] + ([warm] if warm else []):  # fail now, not at the step where a draw does not fit
         if option.get("kind") == "ruler":
             for task in option["tasks"]:
                 check.sample(task, option["length"], option.get("max_new_tokens", ANSWER_BUDGET))
@@ -255,12 +275,12 @@ def run(cfg: dict, out: str, args: argparse.Namespace) -> None:
         if option.get("kind") == "recall":  # distinct keys: at least as many tokens as pairs, all in the vocabulary
             pairs, top = (option["length"] - 1) // 4, len(train.newline) - 4
             if not pairs <= option.get("alphabet", top) <= top:
-                raise ConfigError("pretrain.curriculum", f"option {option}: alphabet must hold its {pairs} distinct keys "
+                raise ConfigError(field(option), f"option {option}: alphabet must hold its {pairs} distinct keys "
                                   f"and lie in the vocabulary; allowed: {pairs} <= alphabet <= {top}")
         random_tokens = option.get("kind", "needle") in ("copy", "recall")
         need = 3 if random_tokens else 1 + train.longest(option.get("needles", 1), option.get("queries", 1))  # + EOS
         if option["length"] < need:
-            raise ConfigError("pretrain.curriculum", f"option {option}: {option['length']} tokens cannot hold the "
+            raise ConfigError(field(option), f"option {option}: {option['length']} tokens cannot hold the "
                               f"needle template with the longest keys ({need} tokens); allowed: length >= {need}")
     curriculum_rng = random.Random(seed + 1)
     corpus_distances = dist.repeat_distances(train.corpus, tok)
@@ -277,29 +297,52 @@ def run(cfg: dict, out: str, args: argparse.Namespace) -> None:
         print(f"resuming from step {start} ({ckpts.resumed_from})", flush=True)
     n_params = sum(q.numel() for q in model.parameters())
     t0 = time.perf_counter() - prior_wall
-    bar = progress.bar(range(start, p["steps"]), initial=start, total=p["steps"], desc="pretrain")
     model.train()
+
+    def save(index: int, step: int) -> None:
+        ckpts.save(index, {"step": step, "model": model.state_dict(), "optimizer": opt.state_dict(),
+                           "builder_rng": train.rng.getstate(), "curriculum_rng": curriculum_rng.getstate(),
+                           "torch_rng": torch.get_rng_state(), "log": log, "tokens": tokens, "seen": seen,
+                           "wall_s": time.perf_counter() - t0, "warmup": warm_state})
+
+    warm_state = state.get("warmup") if state is not None else None
+    if warm and (warm_state is None or warm_state["done"] is False):
+        warm_state = warm_state or {"steps": 0, "losses": [], "done": False}
+        bar = progress.bar(range(warm_state["steps"], warm["max_steps"]), initial=warm_state["steps"],
+                           total=warm["max_steps"], desc=f"warm-up ({warm['kind']})")
+        for w in bar:
+            for g in opt.param_groups:
+                g["lr"] = p["lr"] * min(1.0, (w + 1) / p["warmup_steps"])
+            ids, lab = make_batch(train, warm, warm.get("batch_size", p["batch_size"]), tok.pad_token_id)
+            losses = train_step(model, opt, ids, lab, 0.0, tok.pad_token_id, p["grad_clip"])
+            tokens += ids.numel()
+            show(bar, losses, warm["length"], tokens, t0)
+            warm_state["steps"] = w + 1
+            warm_state["losses"] = (warm_state["losses"] + [losses[1]])[-warm["window"]:]
+            if len(warm_state["losses"]) == warm["window"] and np.mean(warm_state["losses"]) < warm["until_loss"]:
+                break  # copying is learned: the curriculum starts now
+            if (w + 1) % p["checkpoint_every"] == 0:
+                save(w + 1, 0)
+        warm_state["done"] = True
+        progress.write(f"warm-up ended after {warm_state['steps']} steps, answer loss "
+                       f"{np.mean(warm_state['losses']):.3f} (gate {warm['until_loss']})")
+    offset = warm_state["steps"] if warm_state else 0  # checkpoint files keep counting up after the warm-up
+    bar = progress.bar(range(start, p["steps"]), initial=start, total=p["steps"], desc="pretrain")
     for step in bar:
         if step % p["eval_every"] == 0:
             log.append(evaluate(model, cfg, args.corpus, tok, step, time.perf_counter() - t0, tokens))
         for g in opt.param_groups:
-            g["lr"] = p["lr"] * warmup_cosine(step, p["steps"], p["warmup_steps"], p["min_lr_ratio"])
+            # after a warm-up the rate is already at its peak: the cosine starts there, with no second ramp
+            ramp = 1 if warm_state else p["warmup_steps"]
+            g["lr"] = p["lr"] * warmup_cosine(step, p["steps"], ramp, p["min_lr_ratio"])
         option = curriculum_rng.choice(curriculum_at(p["curriculum"], step))
         ids, lab = make_batch(train, option, option.get("batch_size", p["batch_size"]), tok.pad_token_id, sampler, seen,
                               ruler_source)
-        loss, answer_loss = loss_fn(model, ids, lab, option.get("lm_weight", p["lm_weight"]), tok.pad_token_id)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), p["grad_clip"])
-        opt.step()
+        losses = train_step(model, opt, ids, lab, option.get("lm_weight", p["lm_weight"]), tok.pad_token_id, p["grad_clip"])
         tokens += ids.numel()
-        bar.set_postfix(loss=f"{loss.item():.3f}", ans=f"{answer_loss.item():.3f}", len=option["length"],
-                        tok_s=f"{tokens / (time.perf_counter() - t0):.0f}")
+        show(bar, losses, option["length"], tokens, t0)
         if (step + 1) % p["checkpoint_every"] == 0 and step + 1 < p["steps"]:
-            ckpts.save(step + 1, {"step": step + 1, "model": model.state_dict(), "optimizer": opt.state_dict(),
-                                  "builder_rng": train.rng.getstate(), "curriculum_rng": curriculum_rng.getstate(),
-                                  "torch_rng": torch.get_rng_state(), "log": log, "tokens": tokens, "seen": seen,
-                                  "wall_s": time.perf_counter() - t0})
+            save(offset + step + 1, step + 1)
     log.append(evaluate(model, cfg, args.corpus, tok, p["steps"], time.perf_counter() - t0, tokens))
     wall = time.perf_counter() - t0
     with StageRun("pretrain", out, cfg, inputs=[args.corpus], seed=seed, prior_wall_s=prior_wall,
@@ -319,6 +362,10 @@ def run(cfg: dict, out: str, args: argparse.Namespace) -> None:
             "tokens_per_s": round(tokens / wall), "final": log[-1],
             # samples behind each curve accuracy: the repository's needles, and each RULER task
             "curve_samples": {"needles": p["eval_samples"], "ruler_per_task": ruler_curve_samples(p)},
+            "warmup": None if not warm else {
+                "kind": warm["kind"], "length": warm["length"], "steps": warm_state["steps"], "gate": warm["until_loss"],
+                "answer_loss": round(float(np.mean(warm_state["losses"])), 4),
+                "reached": bool(np.mean(warm_state["losses"]) < warm["until_loss"])},
             "distances": {"corpus": dist.summary(corpus_distances, l0), "corpus_within_L0": dist.summary(in_window, l0),
                           "pretraining": dist.summary(seen_d, l0)}})
     ckpts.clear()
