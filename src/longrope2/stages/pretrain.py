@@ -1,6 +1,7 @@
 """Pretrain the scale model: a small standard LlamaForCausalLM that retrieves inside its window L0.
 
-Recipe (see README, "Scale model"): a curriculum of RULER-style retrieval sequences built from
+Recipe (see README, "Scale model"): an optional warm-up on random-token copying that lasts until its loss
+is under a gate (an induction head first), then a curriculum of RULER-style retrieval sequences built from
 training-split documents -- short windows first, then several needles and questions per window, then
 L0 with a language-modelling loss on the other tokens. Each curriculum option places its needles at
 distances from the question drawn from the corpus's own repeated-identifier distances (``corpus``),
