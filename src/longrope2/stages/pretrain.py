@@ -295,7 +295,9 @@ def run(cfg: dict, out: str, args: argparse.Namespace) -> None:
         torch.set_rng_state(state["torch_rng"])
         start, log, prior_wall, tokens = state["step"], state["log"], state["wall_s"], state["tokens"]
         seen = state["seen"]
-        print(f"resuming from step {start} ({ckpts.resumed_from})", flush=True)
+        where = (f"in the warm-up at step {state['warmup']['steps']}" if state.get("warmup") and not state["warmup"]["done"]
+                 else f"from step {start}")
+        print(f"resuming {where} ({ckpts.resumed_from})", flush=True)
     n_params = sum(q.numel() for q in model.parameters())
     t0 = time.perf_counter() - prior_wall
     model.train()
@@ -328,13 +330,12 @@ def run(cfg: dict, out: str, args: argparse.Namespace) -> None:
         progress.write(f"warm-up ended after {warm_state['steps']} steps, answer loss "
                        f"{np.mean(warm_state['losses']):.3f} (gate {warm['until_loss']})")
     offset = warm_state["steps"] if warm_state else 0  # checkpoint files keep counting up after the warm-up
+    ramp = 1 if warm_state else p["warmup_steps"]  # after a warm-up the rate is at its peak: no second ramp
     bar = progress.bar(range(start, p["steps"]), initial=start, total=p["steps"], desc="pretrain")
     for step in bar:
         if step % p["eval_every"] == 0:
             log.append(evaluate(model, cfg, args.corpus, tok, step, time.perf_counter() - t0, tokens))
         for g in opt.param_groups:
-            # after a warm-up the rate is already at its peak: the cosine starts there, with no second ramp
-            ramp = 1 if warm_state else p["warmup_steps"]
             g["lr"] = p["lr"] * warmup_cosine(step, p["steps"], ramp, p["min_lr_ratio"])
         option = curriculum_rng.choice(curriculum_at(p["curriculum"], step))
         ids, lab = make_batch(train, option, option.get("batch_size", p["batch_size"]), tok.pad_token_id, sampler, seen,
