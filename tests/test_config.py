@@ -40,6 +40,9 @@ def test_default_and_shipped_experiments_validate():
          "pretrain.warmup.kind", "allowed: copy, recall"),
         ({"pretrain": {"warmup": {"kind": "copy", "span": "random", "length": 64, "until_loss": 0.05, "max_steps": 10}}},
          "pretrain.warmup.span", "allowed: fixed, varied"),
+        ({"pretrain": {"warmup": [{"kind": "copy", "length": 64, "until_loss": 0.05, "max_steps": 10},
+                                  {"kind": "sort", "length": 64, "until_loss": 0.05, "max_steps": 10}]}},
+         "pretrain.warmup.1.kind", "allowed: copy, recall"),  # a phase of a list is checked like a single one
     ],
 )
 def test_bad_values_name_the_key(tmp_path, override, key, allowed):
@@ -83,3 +86,6 @@ def test_pretrain_warmup_is_optional_and_null_turns_it_off(tmp_path):
     warm = {"kind": "copy", "span": "varied", "length": 64, "until_loss": 0.05, "max_steps": 10}
     assert load_with(tmp_path, {"pretrain": {"warmup": warm}})["pretrain"]["warmup"] == {**warm, "window": 20}
     assert load_with(tmp_path, {"pretrain": {"warmup": None}})["pretrain"]["warmup"] is None
+    recall = {"kind": "recall", "length": 65, "until_loss": 0.5, "max_steps": 10}
+    assert load_with(tmp_path, {"pretrain": {"warmup": [warm, recall]}})["pretrain"]["warmup"] == \
+        [{**warm, "window": 20}, {**recall, "window": 20}]  # each phase of a list gets the default

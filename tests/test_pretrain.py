@@ -77,9 +77,15 @@ def test_pretrain_writes_loadable_model_and_curve(tmp_path, micro_corpus):
 
 # a warm-up that never meets its gate and outlasts the kill's delay: the kill lands inside it
 LONG_WARMUP = {"kind": "copy", "span": "varied", "length": 32, "until_loss": 1e-9, "window": 3, "max_steps": 400}
+QUICK_COPY = {"kind": "copy", "length": 32, "until_loss": 100.0, "window": 3, "max_steps": 6}  # gate met at step 3
+LONG_RECALL = {"kind": "recall", "length": 33, "alphabet": 16, "until_loss": 1e-9, "window": 3, "max_steps": 400}
 
 
-@pytest.mark.parametrize("pretrain, resumed", [({}, "resuming from step"), ({"warmup": LONG_WARMUP}, "resuming in the warm-up")])
+@pytest.mark.parametrize("pretrain, resumed", [
+    ({}, "resuming from step"),
+    ({"warmup": LONG_WARMUP}, "resuming in the warm-up"),
+    ({"warmup": [QUICK_COPY, LONG_RECALL]}, "(phase 2 of 2)"),  # the kill lands in the second phase
+])
 def test_kill_and_resume_ends_with_the_same_weights(tmp_path, micro_corpus, pretrain, resumed):
     cfg = longer(tmp_path, 40, **pretrain)
     ref = tmp_path / "ref"
@@ -289,4 +295,18 @@ def test_warmup_runs_until_its_loss_gate_then_the_curriculum(tmp_path, micro_cor
     assert summary["steps"] == 8 and summary["tokens"] == steps * 4 * 31 + 4 * (6 * 192 + 2 * 256)
     curve = (out / "pretrain_curve.csv").read_text().splitlines()
     assert curve[1].startswith("0,") and curve[-1].startswith("8,")  # the curve counts curriculum steps
+
+
+def test_warmup_phases_run_in_order_each_until_its_own_gate(tmp_path, micro_corpus):
+    """A list of phases: copying until its gate (met at once: 3 steps), then associative recall until its
+    own (never met: max_steps 5); pretrain.json records each phase, and every row is counted."""
+    recall = {"kind": "recall", "length": 33, "alphabet": 16, "until_loss": 1e-9, "window": 3, "max_steps": 5}
+    out = tmp_path / "out"
+    run_cli("pretrain", "--config", *longer(tmp_path, 8, warmup=[QUICK_COPY, recall]), "--corpus", micro_corpus,
+            "--out", out, "--checkpoint-dir", tmp_path / "ck")
+    summary = json.loads((out / "pretrain.json").read_text())
+    assert [(w["kind"], w["steps"], w["reached"]) for w in summary["warmup"]] == [("copy", 3, True), ("recall", 5, False)]
+    assert summary["warmup"][1]["answer_loss"] > 0.1  # 5 steps do not teach recall
+    # copy rows 31 tokens, recall rows 33 (BOS + 8 pairs + 8 queries), then the curriculum's 8 steps (batch 4)
+    assert summary["tokens"] == 3 * 4 * 31 + 5 * 4 * 33 + 4 * (6 * 192 + 2 * 256)
 

@@ -76,7 +76,7 @@ def _fill_defaults(node: Any, sch: Mapping) -> Any:
                 node[key] = copy.deepcopy(sub["default"])
             if key in node:
                 node[key] = _fill_defaults(node[key], sub)
-    elif sch.get("type") == "array" and isinstance(node, list) and isinstance(sch.get("items"), Mapping):
+    elif "array" in types and isinstance(node, list) and isinstance(sch.get("items"), Mapping):
         return [_fill_defaults(x, sch["items"]) for x in node]
     elif sch.get("type") == "number" and isinstance(node, int) and not isinstance(node, bool):
         return float(node)

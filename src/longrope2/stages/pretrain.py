@@ -1,7 +1,8 @@
 """Pretrain the scale model: a small standard LlamaForCausalLM that retrieves inside its window L0.
 
-Recipe (see README, "Scale model"): an optional warm-up on random-token copying that lasts until its loss
-is under a gate (an induction head first), then a curriculum of RULER-style retrieval sequences built from
+Recipe (see README, "Scale model"): an optional warm-up on random-token copying (and optionally more
+random-token phases, such as associative recall) that lasts until its loss is under a gate (an induction
+head first), then a curriculum of RULER-style retrieval sequences built from
 training-split documents -- short windows first, then several needles and questions per window, then
 L0 with a language-modelling loss on the other tokens. Each curriculum option places its needles at
 distances from the question drawn from the corpus's own repeated-identifier distances (``corpus``),
@@ -267,8 +268,9 @@ def run(cfg: dict, out: str, args: argparse.Namespace) -> None:
         ruler_source = RulerSource.from_corpus(train.corpus, tok, train.rng)  # the builder's rng: checkpointed
         check = RulerSource(ruler_source.text, tok, random.Random(0))  # checking moves no training draw
     warm = p.get("warmup")
-    field = lambda option: "pretrain.warmup" if option is warm else "pretrain.curriculum"  # noqa: E731
-    for option in p["curriculum"] + ([warm] if warm else []):  # fail now, not at the step where a draw does not fit
+    phases = warm if isinstance(warm, list) else [warm] if warm else []  # one phase or several, in order
+    field = lambda option: "pretrain.warmup" if any(option is w for w in phases) else "pretrain.curriculum"  # noqa: E731
+    for option in p["curriculum"] + phases:  # fail now, not at the step where a draw does not fit
         if option.get("kind") == "ruler":
             for task in option["tasks"]:
                 check.sample(task, option["length"], option.get("max_new_tokens", ANSWER_BUDGET))
@@ -295,8 +297,9 @@ def run(cfg: dict, out: str, args: argparse.Namespace) -> None:
         torch.set_rng_state(state["torch_rng"])
         start, log, prior_wall, tokens = state["step"], state["log"], state["wall_s"], state["tokens"]
         seen = state["seen"]
-        where = (f"in the warm-up at step {state['warmup']['steps']}" if state.get("warmup") and not state["warmup"]["done"]
-                 else f"from step {start}")
+        ws = state.get("warmup")
+        where = (f"in the warm-up at step {ws['steps']} (phase {ws['phase'] + 1} of {len(phases)})"
+                 if ws and not ws["done"] else f"from step {start}")
         print(f"resuming {where} ({ckpts.resumed_from})", flush=True)
     n_params = sum(q.numel() for q in model.parameters())
     t0 = time.perf_counter() - prior_wall
@@ -309,26 +312,34 @@ def run(cfg: dict, out: str, args: argparse.Namespace) -> None:
                            "wall_s": time.perf_counter() - t0, "warmup": warm_state})
 
     warm_state = state.get("warmup") if state is not None else None
-    if warm and (warm_state is None or warm_state["done"] is False):
-        warm_state = warm_state or {"steps": 0, "losses": [], "done": False}
-        bar = progress.bar(range(warm_state["steps"], warm["max_steps"]), initial=warm_state["steps"],
-                           total=warm["max_steps"], desc=f"warm-up ({warm['kind']})")
-        for w in bar:
-            for g in opt.param_groups:
-                g["lr"] = p["lr"] * min(1.0, (w + 1) / p["warmup_steps"])
-            ids, lab = make_batch(train, warm, warm.get("batch_size", p["batch_size"]), tok.pad_token_id)
-            losses = train_step(model, opt, ids, lab, 0.0, tok.pad_token_id, p["grad_clip"])
-            tokens += ids.numel()
-            show(bar, losses, warm["length"], tokens, t0)
-            warm_state["steps"] = w + 1
-            warm_state["losses"] = (warm_state["losses"] + [losses[1]])[-warm["window"]:]
-            if len(warm_state["losses"]) == warm["window"] and np.mean(warm_state["losses"]) < warm["until_loss"]:
-                break  # copying is learned: the curriculum starts now
-            if (w + 1) % p["checkpoint_every"] == 0:
-                save(w + 1, 0)
+    if phases and (warm_state is None or not warm_state["done"]):
+        # steps: warm-up steps over all phases (checkpoint indices, LR ramp); phase_steps: inside the current one
+        warm_state = warm_state or {"steps": 0, "phase": 0, "phase_steps": 0, "losses": [], "done": False, "ended": []}
+        while warm_state["phase"] < len(phases):
+            phase = phases[warm_state["phase"]]
+            bar = progress.bar(range(warm_state["phase_steps"], phase["max_steps"]), initial=warm_state["phase_steps"],
+                               total=phase["max_steps"], desc=f"warm-up {warm_state['phase'] + 1}/{len(phases)} ({phase['kind']})")
+            for w in bar:
+                for g in opt.param_groups:
+                    g["lr"] = p["lr"] * min(1.0, (warm_state["steps"] + 1) / p["warmup_steps"])
+                ids, lab = make_batch(train, phase, phase.get("batch_size", p["batch_size"]), tok.pad_token_id)
+                losses = train_step(model, opt, ids, lab, 0.0, tok.pad_token_id, p["grad_clip"])
+                tokens += ids.numel()
+                show(bar, losses, phase["length"], tokens, t0)
+                warm_state["steps"], warm_state["phase_steps"] = warm_state["steps"] + 1, w + 1
+                warm_state["losses"] = (warm_state["losses"] + [losses[1]])[-phase["window"]:]
+                if len(warm_state["losses"]) == phase["window"] and np.mean(warm_state["losses"]) < phase["until_loss"]:
+                    break  # this task is learned: the next phase (or the curriculum) starts now
+                if warm_state["steps"] % p["checkpoint_every"] == 0:
+                    save(warm_state["steps"], 0)
+            loss = float(np.mean(warm_state["losses"]))
+            warm_state["ended"].append({"kind": phase["kind"], "length": phase["length"], "steps": warm_state["phase_steps"],
+                                        "gate": phase["until_loss"], "answer_loss": round(loss, 4),
+                                        "reached": bool(loss < phase["until_loss"])})
+            progress.write(f"warm-up phase {warm_state['phase'] + 1} ({phase['kind']}) ended after "
+                           f"{warm_state['phase_steps']} steps, answer loss {loss:.3f} (gate {phase['until_loss']})")
+            warm_state.update(phase=warm_state["phase"] + 1, phase_steps=0, losses=[])
         warm_state["done"] = True
-        progress.write(f"warm-up ended after {warm_state['steps']} steps, answer loss "
-                       f"{np.mean(warm_state['losses']):.3f} (gate {warm['until_loss']})")
     offset = warm_state["steps"] if warm_state else 0  # checkpoint files keep counting up after the warm-up
     ramp = 1 if warm_state else p["warmup_steps"]  # after a warm-up the rate is at its peak: no second ramp
     bar = progress.bar(range(start, p["steps"]), initial=start, total=p["steps"], desc="pretrain")
@@ -364,10 +375,8 @@ def run(cfg: dict, out: str, args: argparse.Namespace) -> None:
             "tokens_per_s": round(tokens / wall), "final": log[-1],
             # samples behind each curve accuracy: the repository's needles, and each RULER task
             "curve_samples": {"needles": p["eval_samples"], "ruler_per_task": ruler_curve_samples(p)},
-            "warmup": None if not warm else {
-                "kind": warm["kind"], "length": warm["length"], "steps": warm_state["steps"], "gate": warm["until_loss"],
-                "answer_loss": round(float(np.mean(warm_state["losses"])), 4),
-                "reached": bool(np.mean(warm_state["losses"]) < warm["until_loss"])},
+            # one record per phase: a list where the config gives a list of phases
+            "warmup": None if not phases else warm_state["ended"] if isinstance(warm, list) else warm_state["ended"][0],
             "distances": {"corpus": dist.summary(corpus_distances, l0), "corpus_within_L0": dist.summary(in_window, l0),
                           "pretraining": dist.summary(seen_d, l0)}})
     ckpts.clear()
