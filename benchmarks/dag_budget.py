@@ -94,6 +94,7 @@ def main() -> None:
     result = {
         "experiment": args.experiment if several else args.experiment[0],
         "machine": {"cpu": cpu_model(), "platform": platform.platform(),
+                    "cpu_capability": sorted({j["device"].get("cpu_capability") for j in jobs} - {None}),
                     "threads_seen": sorted({j["device"].get("torch_threads") for j in jobs if j["device"].get("torch_threads")})},
         "log": None if args.log is None else str(args.log),
         "snakemake_elapsed_min": None if elapsed is None else round(elapsed / 60, 2),

@@ -102,6 +102,9 @@ def device_description() -> dict[str, Any]:
         import torch
 
         info["torch_threads"] = torch.get_num_threads()
+        # the vector ISA torch's CPU kernels use (AVX512, AVX2, ...): one CPU model name can hide two, and
+        # floating-point results differ between them
+        info["cpu_capability"] = torch.backends.cpu.get_cpu_capability()
         if torch.cuda.is_available():
             info["device"] = "cuda"
             info["gpu"] = torch.cuda.get_device_name(0)
