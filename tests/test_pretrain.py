@@ -247,6 +247,35 @@ def test_ruler_batch_is_fresh_ruler_format_with_a_labelled_eos(micro_corpus):
     assert torch.equal(make_batch(None, opt, 6, tok.pad_token_id, sampler, [], RulerSource(source.text, tok, random.Random(3)))[0], ids)
 
 
+def test_multi_token_recall_keys_need_every_token_and_a_colon(micro_corpus):
+    """Keys of 3 tokens from a 4-token alphabet, each followed by ':' and its value: keys are distinct as
+    triples but share tokens (no single position tells them apart), and each query's label is its value."""
+    from transformers import AutoTokenizer
+    from longrope2.corpus import TokenizedCorpus
+    from longrope2.needles import NeedleBuilder
+    from longrope2.stages.pretrain import recall_batch
+
+    tok = AutoTokenizer.from_pretrained(micro_corpus / "tokenizer")
+    colon = tok.convert_tokens_to_ids(":")
+    ids, lab = recall_batch(NeedleBuilder(TokenizedCorpus(micro_corpus, "train"), tok, seed=1), 129, 2, 4, key_tokens=3)
+    pairs, unit = 128 // 10, 5
+    assert ids.shape == (2, 1 + 2 * unit * pairs) and int((lab != -100).sum()) == 2 * pairs
+    for row, labels in zip(ids.tolist(), lab.tolist()):
+        units = [row[1 + unit * j : 1 + unit * (j + 1)] for j in range(2 * pairs)]
+        assert all(u[3] == colon for u in units)
+        context = {tuple(u[:3]): u[4] for u in units[:pairs]}
+        assert len(context) == pairs and all(4 <= t < 8 for key in context for t in key)
+        assert len({key[-1] for key in context}) < pairs  # the last token alone does not tell the keys apart
+        for j, u in enumerate(units[pairs:]):
+            assert context[tuple(u[:3])] == u[4] == labels[1 + unit * (pairs + j) + 4]
+        assert sum(t != -100 for t in labels) == pairs
+    sep = tok(" is:", add_special_tokens=False)["input_ids"]  # as a needle's "for apple is: 1234"
+    ids, lab = recall_batch(NeedleBuilder(TokenizedCorpus(micro_corpus, "train"), tok, seed=1), 129, 2, 4, 3, " is:")
+    unit = 3 + len(sep) + 1
+    row = ids[0].tolist()
+    assert all(row[1 + unit * j + 3 : 1 + unit * j + 3 + len(sep)] == sep for j in range(2 * (128 // (2 * unit))))
+
+
 def test_recall_alphabet_smaller_than_its_keys_fails_before_training(tmp_path, micro_corpus):
     cfg = longer(tmp_path, 4, curriculum=[{"from_step": 0, "kind": "recall", "length": 65, "alphabet": 8}])
     proc = run_cli("pretrain", "--config", *cfg, "--corpus", micro_corpus, "--out", tmp_path / "out", check=False)

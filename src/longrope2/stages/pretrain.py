@@ -132,7 +132,8 @@ def make_batch(builder: NeedleBuilder, opt: dict, batch_size: int, pad_id: int, 
     if opt.get("kind", "needle") == "copy":
         return copy_batch(builder, opt["length"], batch_size, opt.get("span", "fixed"), pad_id)
     if opt.get("kind") == "recall":
-        return recall_batch(builder, opt["length"], batch_size, opt.get("alphabet"))
+        return recall_batch(builder, opt["length"], batch_size, opt.get("alphabet"), opt.get("key_tokens", 1),
+                            opt.get("separator", ":"))
     if opt.get("kind") == "ruler":
         return ruler_batch(ruler_source, opt, batch_size, pad_id, sampler, seen)
     placement, n = opt.get("placement", "uniform"), opt.get("needles", 1)
@@ -197,22 +198,46 @@ def copy_batch(builder: NeedleBuilder, length: int, batch_size: int, span: str =
     return ids, lab
 
 
-def recall_batch(builder: NeedleBuilder, length: int, batch_size: int, alphabet: int | None = None):
+def recall_batch(builder: NeedleBuilder, length: int, batch_size: int, alphabet: int | None = None, key_tokens: int = 1,
+                 separator: str = ":"):
     """Associative recall (MQAR): BOS, key-value pairs of random tokens, then the keys again in another order,
     each followed by its value (labelled). Only matching the queried key (not copying *a* value) lowers the
-    loss: the step a base that copies some needle's value is missing."""
-    pairs = (length - 1) // 4
+    loss: the step a base that copies some needle's value is missing.
+
+    ``key_tokens`` > 1: each key is that many tokens of the alphabet followed by ``separator`` (":", or " is:"
+    as in a needle's "for apple is: 1234"), its value a token of the whole vocabulary. With a small alphabet no single key token
+    tells the pairs apart, so the answer position must gather the whole key, as multi-key needles (keys of
+    3-5 shared sub-word pieces) need."""
     vocab = 4 + alphabet if alphabet else len(builder.newline)
-    ids = torch.full((batch_size, 1 + 4 * pairs), builder.bos, dtype=torch.long)
+    if key_tokens == 1:
+        pairs = (length - 1) // 4
+        ids = torch.full((batch_size, 1 + 4 * pairs), builder.bos, dtype=torch.long)
+        lab = torch.full_like(ids, IGNORE_INDEX)
+        for i in range(batch_size):
+            keys = builder.rng.sample(range(4, vocab), pairs)
+            vals = [builder.rng.randrange(4, vocab) for _ in keys]
+            order = builder.rng.sample(range(pairs), pairs)
+            ctx = [t for k, v in zip(keys, vals) for t in (k, v)]
+            qa = [t for j in order for t in (keys[j], vals[j])]
+            ids[i, 1:] = torch.tensor(ctx + qa)
+            lab[i, 2 + 2 * pairs :: 2] = torch.tensor([vals[j] for j in order])
+        return ids, lab
+    sep = builder.tok(separator, add_special_tokens=False)["input_ids"]
+    unit = key_tokens + len(sep) + 1  # key, separator, value
+    pairs = (length - 1) // (2 * unit)
+    ids = torch.full((batch_size, 1 + 2 * unit * pairs), builder.bos, dtype=torch.long)
     lab = torch.full_like(ids, IGNORE_INDEX)
     for i in range(batch_size):
-        keys = builder.rng.sample(range(4, vocab), pairs)
-        vals = [builder.rng.randrange(4, vocab) for _ in keys]
+        keys: list[tuple[int, ...]] = []
+        while len(keys) < pairs:  # distinct keys; tokens may repeat across keys
+            key = tuple(builder.rng.randrange(4, vocab) for _ in range(key_tokens))
+            if key not in keys:
+                keys.append(key)
+        vals = [builder.rng.randrange(4, len(builder.newline)) for _ in keys]
         order = builder.rng.sample(range(pairs), pairs)
-        ctx = [t for k, v in zip(keys, vals) for t in (k, v)]
-        qa = [t for j in order for t in (keys[j], vals[j])]
-        ids[i, 1:] = torch.tensor(ctx + qa)
-        lab[i, 2 + 2 * pairs :: 2] = torch.tensor([vals[j] for j in order])
+        ids[i, 1:] = torch.tensor([t for j in list(range(pairs)) + order for t in (*keys[j], *sep, vals[j])])
+        start = 1 + unit * pairs
+        lab[i, start + unit - 1 :: unit] = torch.tensor([vals[j] for j in order])
     return ids, lab
 
 
@@ -275,11 +300,14 @@ def run(cfg: dict, out: str, args: argparse.Namespace) -> None:
             for task in option["tasks"]:
                 check.sample(task, option["length"], option.get("max_new_tokens", ANSWER_BUDGET))
             continue
-        if option.get("kind") == "recall":  # distinct keys: at least as many tokens as pairs, all in the vocabulary
-            pairs, top = (option["length"] - 1) // 4, len(train.newline) - 4
-            if not pairs <= option.get("alphabet", top) <= top:
+        if option.get("kind") == "recall":  # distinct keys: at least as many as pairs, all in the vocabulary
+            k, top = option.get("key_tokens", 1), len(train.newline) - 4
+            sep = len(tok(option.get("separator", ":"), add_special_tokens=False)["input_ids"])
+            pairs = (option["length"] - 1) // (4 if k == 1 else 2 * (k + sep + 1))
+            least = next(a for a in range(1, top + 1) if a ** k >= pairs)
+            if not (pairs >= 1 and least <= option.get("alphabet", top) <= top):
                 raise ConfigError(field(option), f"option {option}: alphabet must hold its {pairs} distinct keys "
-                                  f"and lie in the vocabulary; allowed: {pairs} <= alphabet <= {top}")
+                                  f"of {k} token(s) and lie in the vocabulary; allowed: {least} <= alphabet <= {top}")
         random_tokens = option.get("kind", "needle") in ("copy", "recall")
         need = 3 if random_tokens else 1 + train.longest(option.get("needles", 1), option.get("queries", 1))  # + EOS
         if option["length"] < need:
