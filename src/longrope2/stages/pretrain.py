@@ -198,6 +198,14 @@ def copy_batch(builder: NeedleBuilder, length: int, batch_size: int, span: str =
     return ids, lab
 
 
+def recall_layout(tok, length: int, key_tokens: int = 1, separator: str = ":") -> tuple[list[int], int, int]:
+    """A recall row's separator ids, tokens per pair (key, separator, value) and number of pairs in ``length``
+    (BOS, the pairs, then each queried again); one-token keys take no separator."""
+    sep = [] if key_tokens == 1 else tok(separator, add_special_tokens=False)["input_ids"]
+    unit = key_tokens + len(sep) + 1
+    return sep, unit, (length - 1) // (2 * unit)
+
+
 def recall_batch(builder: NeedleBuilder, length: int, batch_size: int, alphabet: int | None = None, key_tokens: int = 1,
                  separator: str = ":"):
     """Associative recall (MQAR): BOS, key-value pairs of random tokens, then the keys again in another order,
@@ -205,39 +213,27 @@ def recall_batch(builder: NeedleBuilder, length: int, batch_size: int, alphabet:
     loss: the step a base that copies some needle's value is missing.
 
     ``key_tokens`` > 1: each key is that many tokens of the alphabet followed by ``separator`` (":", or " is:"
-    as in a needle's "for apple is: 1234"), its value a token of the whole vocabulary. With a small alphabet no single key token
-    tells the pairs apart, so the answer position must gather the whole key, as multi-key needles (keys of
-    3-5 shared sub-word pieces) need."""
+    as in a needle's "for apple is: 1234"), its value a token of the whole vocabulary. With a small alphabet
+    no single key token tells the pairs apart, so the answer position must gather the whole key, as
+    multi-key needles (keys of 3-5 shared sub-word pieces) need."""
     vocab = 4 + alphabet if alphabet else len(builder.newline)
-    if key_tokens == 1:
-        pairs = (length - 1) // 4
-        ids = torch.full((batch_size, 1 + 4 * pairs), builder.bos, dtype=torch.long)
-        lab = torch.full_like(ids, IGNORE_INDEX)
-        for i in range(batch_size):
-            keys = builder.rng.sample(range(4, vocab), pairs)
-            vals = [builder.rng.randrange(4, vocab) for _ in keys]
-            order = builder.rng.sample(range(pairs), pairs)
-            ctx = [t for k, v in zip(keys, vals) for t in (k, v)]
-            qa = [t for j in order for t in (keys[j], vals[j])]
-            ids[i, 1:] = torch.tensor(ctx + qa)
-            lab[i, 2 + 2 * pairs :: 2] = torch.tensor([vals[j] for j in order])
-        return ids, lab
-    sep = builder.tok(separator, add_special_tokens=False)["input_ids"]
-    unit = key_tokens + len(sep) + 1  # key, separator, value
-    pairs = (length - 1) // (2 * unit)
+    value_top = vocab if key_tokens == 1 else len(builder.newline)
+    sep, unit, pairs = recall_layout(builder.tok, length, key_tokens, separator)
     ids = torch.full((batch_size, 1 + 2 * unit * pairs), builder.bos, dtype=torch.long)
     lab = torch.full_like(ids, IGNORE_INDEX)
     for i in range(batch_size):
-        keys: list[tuple[int, ...]] = []
-        while len(keys) < pairs:  # distinct keys; tokens may repeat across keys
-            key = tuple(builder.rng.randrange(4, vocab) for _ in range(key_tokens))
-            if key not in keys:
-                keys.append(key)
-        vals = [builder.rng.randrange(4, len(builder.newline)) for _ in keys]
+        if key_tokens == 1:
+            keys = [(k,) for k in builder.rng.sample(range(4, vocab), pairs)]
+        else:
+            keys = []
+            while len(keys) < pairs:  # distinct keys; tokens may repeat across keys
+                key = tuple(builder.rng.randrange(4, vocab) for _ in range(key_tokens))
+                if key not in keys:
+                    keys.append(key)
+        vals = [builder.rng.randrange(4, value_top) for _ in keys]
         order = builder.rng.sample(range(pairs), pairs)
         ids[i, 1:] = torch.tensor([t for j in list(range(pairs)) + order for t in (*keys[j], *sep, vals[j])])
-        start = 1 + unit * pairs
-        lab[i, start + unit - 1 :: unit] = torch.tensor([vals[j] for j in order])
+        lab[i, unit * (pairs + 1) :: unit] = torch.tensor([vals[j] for j in order])  # each query's value
     return ids, lab
 
 
@@ -302,8 +298,7 @@ def run(cfg: dict, out: str, args: argparse.Namespace) -> None:
             continue
         if option.get("kind") == "recall":  # distinct keys: at least as many as pairs, all in the vocabulary
             k, top = option.get("key_tokens", 1), len(train.newline) - 4
-            sep = len(tok(option.get("separator", ":"), add_special_tokens=False)["input_ids"])
-            pairs = (option["length"] - 1) // (4 if k == 1 else 2 * (k + sep + 1))
+            pairs = recall_layout(tok, option["length"], k, option.get("separator", ":"))[2]
             least = next(a for a in range(1, top + 1) if a ** k >= pairs)
             if not (pairs >= 1 and least <= option.get("alphabet", top) <= top):
                 raise ConfigError(field(option), f"option {option}: alphabet must hold its {pairs} distinct keys "
