@@ -76,9 +76,9 @@ def test_pretrain_writes_loadable_model_and_curve(tmp_path, micro_corpus):
 
 
 # a warm-up that never meets its gate and outlasts the kill's delay: the kill lands inside it
-LONG_WARMUP = {"kind": "copy", "span": "varied", "length": 32, "until_loss": 1e-9, "window": 3, "max_steps": 400}
+LONG_WARMUP = {"kind": "copy", "span": "varied", "length": 32, "until_loss": 1e-9, "window": 3, "max_steps": 100}
 QUICK_COPY = {"kind": "copy", "length": 32, "until_loss": 100.0, "window": 3, "max_steps": 6}  # gate met at step 3
-LONG_RECALL = {"kind": "recall", "length": 33, "alphabet": 16, "until_loss": 1e-9, "window": 3, "max_steps": 400}
+LONG_RECALL = {"kind": "recall", "length": 33, "alphabet": 16, "until_loss": 1e-9, "window": 3, "max_steps": 100}
 
 
 @pytest.mark.parametrize("pretrain, resumed", [
