@@ -30,6 +30,10 @@ def test_sample_shape_and_answer(builder, length, n_needles):
         text = tok.decode(s.prompt.tolist())
         assert text.count("special magic numbers for") == n_needles
         assert f"is: {s.value}." in text and text.rstrip().endswith("mentioned in the provided text is")
+        # every needle's answer, in haystack order; the asked one is the labelled answer
+        assert len(s.answers) == n_needles and list(s.answers[s.asked]) == s.input_ids[-s.answer_len:].tolist()
+        at = [text.index(f"is:{tok.decode(list(a))}.") for a in s.answers]
+        assert at == sorted(at)
 
 
 def test_depths_and_determinism(tiny_corpus, tiny_llama):
@@ -57,6 +61,27 @@ def test_fast_scorer_equals_naive_full_logits(builder, tiny_llama):
     full = ids.clone()
     f2, n2 = scoring.score(model, ids, full, chunk_rows=37), scoring.score_naive(model, ids, full)
     torch.testing.assert_close(f2.nll, n2.nll, rtol=1e-5, atol=1e-5)
+
+
+def test_needle_choice_is_the_value_of_least_answer_nll(builder, tiny_llama):
+    """needle_choice batches every needle's value in place of the asked one; it must pick what scoring each
+    swapped row alone picks, and its summary must count places and the asked share."""
+    from longrope2.stages.retrieval import choice_summary
+
+    model, _ = tiny_llama
+    samples = builder.draw(384, 4, 5)
+    chosen = scoring.needle_choice(model, samples, batch_tokens=1000)  # 2 rows per batch: batches split samples
+    for s, c in zip(samples, chosen):
+        nll = []
+        for a in s.answers:
+            ids = torch.from_numpy(np.concatenate([s.prompt, a]))[None]
+            lab = torch.full_like(ids, IGNORE_INDEX)
+            lab[0, -len(a):] = ids[0, -len(a):]
+            nll.append(float(scoring.score_naive(model, ids, lab).nll[0]))
+        assert c == int(np.argmin(nll))
+    summary = choice_summary([0, 1, 1, 3], [0, 1, 2, 2], 4)
+    assert summary["asked"] == 0.5 and summary["chosen_at"] == [0.25, 0.5, 0.0, 0.25]
+    assert summary["asked_at"] == [1, 1, 2, 0] and summary["accuracy_asked_at"] == [1.0, 1.0, 0.0, None]
 
 
 def test_exact_match_equals_greedy_decoding(builder, tiny_llama):

@@ -276,6 +276,34 @@ def test_multi_token_recall_keys_need_every_token_and_a_colon(micro_corpus):
     assert all(row[1 + unit * j + 3 : 1 + unit * j + 3 + len(sep)] == sep for j in range(2 * (128 // (2 * unit))))
 
 
+def test_recall_query_text_sits_between_each_queried_key_and_its_value(micro_corpus):
+    """``query``: the pairs keep their separator; each query is key, the query text, value (labelled), so the
+    answer position lies as far from the key as in a needle's question."""
+    from transformers import AutoTokenizer
+    from longrope2.corpus import TokenizedCorpus
+    from longrope2.needles import NeedleBuilder
+    from longrope2.stages.pretrain import recall_batch
+
+    tok = AutoTokenizer.from_pretrained(micro_corpus / "tokenizer")
+    sep = tok(" is:", add_special_tokens=False)["input_ids"]
+    ask = tok(" mentioned in the provided text is", add_special_tokens=False)["input_ids"]
+    ids, lab = recall_batch(NeedleBuilder(TokenizedCorpus(micro_corpus, "train"), tok, seed=1), 257, 2, 4, 3, " is:",
+                            " mentioned in the provided text is")
+    unit, q_unit = 3 + len(sep) + 1, 3 + len(ask) + 1
+    pairs = 256 // (unit + q_unit)
+    assert ids.shape == (2, 1 + (unit + q_unit) * pairs) and int((lab != -100).sum()) == 2 * pairs
+    for row, labels in zip(ids.tolist(), lab.tolist()):
+        context = {}
+        for j in range(pairs):
+            u = row[1 + unit * j : 1 + unit * (j + 1)]
+            assert u[3:-1] == sep
+            context[tuple(u[:3])] = u[-1]
+        for j in range(pairs):
+            at = 1 + unit * pairs + q_unit * j
+            u = row[at : at + q_unit]
+            assert u[3:-1] == ask and context[tuple(u[:3])] == u[-1] == labels[at + q_unit - 1]
+
+
 def test_recall_alphabet_smaller_than_its_keys_fails_before_training(tmp_path, micro_corpus):
     cfg = longer(tmp_path, 4, curriculum=[{"from_step": 0, "kind": "recall", "length": 65, "alphabet": 8}])
     proc = run_cli("pretrain", "--config", *cfg, "--corpus", micro_corpus, "--out", tmp_path / "out", check=False)

@@ -52,6 +52,8 @@ class NeedleSample:
     value: str
     depths: tuple[float, ...]  # where the needles start, as a fraction of the haystack
     distance: int = 0  # tokens between the end of the asked needle and the question (its evidence distance)
+    answers: tuple[tuple[int, ...], ...] = ()  # every needle's answer tokens, in haystack order
+    asked: int = 0  # the asked needle's place in that order
 
     @property
     def prompt(self) -> np.ndarray:
@@ -110,6 +112,10 @@ class NeedleBuilder:
         qa = max(size("question", k) for k in self.keys) + size("answer", "")
         return 1 + len(self.preamble) + sum(needle) + queries * qa
 
+    def draw(self, length: int, n_needles: int, n: int) -> list[NeedleSample]:
+        """n samples in a row, needles at uniformly drawn line boundaries."""
+        return [self.sample(length, n_needles) for _ in range(n)]
+
     def values(self) -> str:
         return "".join(self.rng.choice("0123456789") for _ in range(7))
 
@@ -147,7 +153,8 @@ class NeedleBuilder:
             # nearest line boundary at or after each requested depth
             cuts = [int(bounds[min(np.searchsorted(bounds, d * len(hay)), len(bounds) - 1)]) for d in depths]
         pieces, labels, last, at, asked = [[self.bos], self.preamble], [], 0, 1 + len(self.preamble), 0
-        for j, (cut, nd) in sorted(enumerate(zip(cuts, needles)), key=lambda x: x[1][0]):
+        in_text = sorted(enumerate(zip(cuts, needles)), key=lambda x: x[1][0])
+        for j, (cut, nd) in in_text:
             at += cut - last
             pieces += [hay[last:cut], nd]
             at += len(nd)
@@ -162,7 +169,9 @@ class NeedleBuilder:
         input_ids, labels = np.concatenate(ids), np.concatenate(lab)
         assert len(input_ids) == length, (len(input_ids), length)
         denom = max(len(hay), 1)
-        return NeedleSample(input_ids, labels, len(qa[-1][1]), vals[0], tuple(c / denom for c in cuts), len(body) - asked)
+        answers = tuple(tuple(self.encode(self.t["answer"].format(value=vals[j]))) for j, _ in in_text)
+        return NeedleSample(input_ids, labels, len(qa[-1][1]), vals[0], tuple(c / denom for c in cuts), len(body) - asked,
+                            answers, [j for j, _ in in_text].index(0))
 
 
 # --------------------------------------------------------------------------------------------------

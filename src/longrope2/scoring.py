@@ -139,19 +139,42 @@ def score_naive(model, input_ids: torch.Tensor, labels: torch.Tensor) -> Scores:
     return Scores(nll.sum(1).cpu(), mask.sum(1).cpu(), correct.all(1).cpu() & (mask.sum(1) > 0).cpu())
 
 
-def needle_accuracy(model, builder, length: int, n_needles: int, n: int, batch_tokens: int) -> tuple[float, float]:
-    """(accuracy, mean answer NLL) over n samples of one length."""
+def needle_accuracy(model, samples: Sequence, batch_tokens: int) -> tuple[float, float]:
+    """(accuracy, mean answer NLL) over needle samples of one length (:class:`~longrope2.needles.NeedleSample`)."""
     device = next(model.parameters()).device
-    bs = max(1, batch_tokens // length)
+    bs = max(1, batch_tokens // len(samples[0].input_ids))
     hits, nll = [], []
-    for start in range(0, n, bs):
-        batch = [builder.sample(length, n_needles) for _ in range(min(bs, n - start))]
+    for start in range(0, len(samples), bs):
+        batch = samples[start : start + bs]
         ids = torch.from_numpy(np.stack([s.input_ids for s in batch])).to(device)
         lab = torch.from_numpy(np.stack([s.labels for s in batch])).to(device)
         sc = score(model, ids, lab)
         hits += sc.all_correct.tolist()
         nll += sc.nll.tolist()
     return float(np.mean(hits)), float(np.mean(nll))
+
+
+def needle_choice(model, samples: Sequence, batch_tokens: int) -> np.ndarray:
+    """For each multi-needle sample, the text position (0: first in the haystack) of the needle whose value
+    the model finds most likely as the answer (lowest mean teacher-forced NLL over the answer tokens, every
+    needle's value tried in place of the asked one). Tells a model that matches the key (the asked position
+    chosen) from one that copies *a* needle's value (choices spread over the needles)."""
+    device = next(model.parameters()).device
+    rows = [(i, p, np.concatenate([s.prompt, np.asarray(a, dtype=np.int64)]), len(a))
+            for i, s in enumerate(samples) for p, a in enumerate(s.answers)]
+    nll = np.full((len(samples), max(len(s.answers) for s in samples)), np.inf)
+    for width in sorted({len(r[2]) for r in rows}):  # answers of other token counts batch apart
+        same = [r for r in rows if len(r[2]) == width]
+        bs = max(1, batch_tokens // width)
+        for start in range(0, len(same), bs):
+            part = same[start : start + bs]
+            ids = torch.from_numpy(np.stack([r[2] for r in part])).to(device)
+            lab = torch.full_like(ids, IGNORE_INDEX)
+            for j, r in enumerate(part):
+                lab[j, width - r[3] :] = ids[j, width - r[3] :]
+            for r, v in zip(part, score(model, ids, lab).nll.tolist()):
+                nll[r[0], r[1]] = v
+    return nll.argmin(1)
 
 
 class Evaluator:

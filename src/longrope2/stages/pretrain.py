@@ -133,7 +133,7 @@ def make_batch(builder: NeedleBuilder, opt: dict, batch_size: int, pad_id: int, 
         return copy_batch(builder, opt["length"], batch_size, opt.get("span", "fixed"), pad_id)
     if opt.get("kind") == "recall":
         return recall_batch(builder, opt["length"], batch_size, opt.get("alphabet"), opt.get("key_tokens", 1),
-                            opt.get("separator", ":"))
+                            opt.get("separator", ":"), opt.get("query"))
     if opt.get("kind") == "ruler":
         return ruler_batch(ruler_source, opt, batch_size, pad_id, sampler, seen)
     placement, n = opt.get("placement", "uniform"), opt.get("needles", 1)
@@ -198,16 +198,20 @@ def copy_batch(builder: NeedleBuilder, length: int, batch_size: int, span: str =
     return ids, lab
 
 
-def recall_layout(tok, length: int, key_tokens: int = 1, separator: str = ":") -> tuple[list[int], int, int]:
-    """A recall row's separator ids, tokens per pair (key, separator, value) and number of pairs in ``length``
-    (BOS, the pairs, then each queried again); one-token keys take no separator."""
+def recall_layout(tok, length: int, key_tokens: int = 1, separator: str = ":",
+                  query: str | None = None) -> tuple[list[int], list[int], int, int, int]:
+    """A recall row's separator ids, query ids (between a queried key and its value), tokens per pair
+    (key, separator, value), tokens per query (key, query text, value) and number of pairs in ``length``
+    (BOS, the pairs, then each queried again); one-token keys take no separator. ``query`` None: the
+    separator again."""
     sep = [] if key_tokens == 1 else tok(separator, add_special_tokens=False)["input_ids"]
-    unit = key_tokens + len(sep) + 1
-    return sep, unit, (length - 1) // (2 * unit)
+    ask = sep if query is None else tok(query, add_special_tokens=False)["input_ids"]
+    unit, q_unit = key_tokens + len(sep) + 1, key_tokens + len(ask) + 1
+    return sep, ask, unit, q_unit, (length - 1) // (unit + q_unit)
 
 
 def recall_batch(builder: NeedleBuilder, length: int, batch_size: int, alphabet: int | None = None, key_tokens: int = 1,
-                 separator: str = ":"):
+                 separator: str = ":", query: str | None = None):
     """Associative recall (MQAR): BOS, key-value pairs of random tokens, then the keys again in another order,
     each followed by its value (labelled). Only matching the queried key (not copying *a* value) lowers the
     loss: the step a base that copies some needle's value is missing.
@@ -215,11 +219,13 @@ def recall_batch(builder: NeedleBuilder, length: int, batch_size: int, alphabet:
     ``key_tokens`` > 1: each key is that many tokens of the alphabet followed by ``separator`` (":", or " is:"
     as in a needle's "for apple is: 1234"), its value a token of the whole vocabulary. With a small alphabet
     no single key token tells the pairs apart, so the answer position must gather the whole key, as
-    multi-key needles (keys of 3-5 shared sub-word pieces) need."""
+    multi-key needles (keys of 3-5 shared sub-word pieces) need. ``query``: the text between a queried key
+    and its value (e.g. " mentioned in the provided text is", as in a needle's question), so the key must be
+    carried past it to the answer position; default the separator."""
     vocab = 4 + alphabet if alphabet else len(builder.newline)
     value_top = vocab if key_tokens == 1 else len(builder.newline)
-    sep, unit, pairs = recall_layout(builder.tok, length, key_tokens, separator)
-    ids = torch.full((batch_size, 1 + 2 * unit * pairs), builder.bos, dtype=torch.long)
+    sep, ask, unit, q_unit, pairs = recall_layout(builder.tok, length, key_tokens, separator, query)
+    ids = torch.full((batch_size, 1 + (unit + q_unit) * pairs), builder.bos, dtype=torch.long)
     lab = torch.full_like(ids, IGNORE_INDEX)
     for i in range(batch_size):
         if key_tokens == 1:
@@ -232,8 +238,9 @@ def recall_batch(builder: NeedleBuilder, length: int, batch_size: int, alphabet:
                     keys.append(key)
         vals = [builder.rng.randrange(4, value_top) for _ in keys]
         order = builder.rng.sample(range(pairs), pairs)
-        ids[i, 1:] = torch.tensor([t for j in list(range(pairs)) + order for t in (*keys[j], *sep, vals[j])])
-        lab[i, unit * (pairs + 1) :: unit] = torch.tensor([vals[j] for j in order])  # each query's value
+        ids[i, 1:] = torch.tensor([t for j in range(pairs) for t in (*keys[j], *sep, vals[j])]
+                                  + [t for j in order for t in (*keys[j], *ask, vals[j])])
+        lab[i, unit * pairs + q_unit :: q_unit] = torch.tensor([vals[j] for j in order])  # each query's value
     return ids, lab
 
 
@@ -298,7 +305,7 @@ def run(cfg: dict, out: str, args: argparse.Namespace) -> None:
             continue
         if option.get("kind") == "recall":  # distinct keys: at least as many as pairs, all in the vocabulary
             k, top = option.get("key_tokens", 1), len(train.newline) - 4
-            pairs = recall_layout(tok, option["length"], k, option.get("separator", ":"))[2]
+            pairs = recall_layout(tok, option["length"], k, option.get("separator", ":"), option.get("query"))[-1]
             least = next(a for a in range(1, top + 1) if a ** k >= pairs)
             if not (pairs >= 1 and least <= option.get("alphabet", top) <= top):
                 raise ConfigError(field(option), f"option {option}: alphabet must hold its {pairs} distinct keys "
@@ -415,8 +422,8 @@ def evaluate(model, cfg, corpus_dir, tok, step, wall, tokens) -> dict:
     model.eval()
     rng_state = torch.get_rng_state()
     template = cfg["needles"]["template"]
-    single = scoring.needle_accuracy(model, NeedleBuilder(val, tok, template, seed=101), l0, 1, p["eval_samples"], 8192)[0]
-    multi = scoring.needle_accuracy(model, NeedleBuilder(val, tok, template, seed=202), l0, 4, p["eval_samples"], 8192)[0]
+    single, multi = (scoring.needle_accuracy(model, NeedleBuilder(val, tok, template, seed=seed).draw(l0, k, p["eval_samples"]),
+                                             8192)[0] for seed, k in ((101, 1), (202, 4)))
     ruler_acc = {}
     for task, (ids, lab) in ruler_curve_set(corpus_dir, tok, l0, ruler_curve_samples(p)).items():
         ruler_acc[f"acc_{task}"] = float(scoring.score(model, ids, lab).all_correct.float().mean())
