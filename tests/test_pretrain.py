@@ -312,6 +312,15 @@ def test_recall_alphabet_smaller_than_its_keys_fails_before_training(tmp_path, m
     assert not (tmp_path / "out").exists()
 
 
+def test_recall_word_keys_that_cannot_fit_fail_before_training(tmp_path, micro_corpus):
+    cfg = longer(tmp_path, 4, curriculum=[{"from_step": 0, "kind": "recall", "length": 24, "keys": "words",
+                                           "separator": " is:", "query": " mentioned in the provided text is"}])
+    proc = run_cli("pretrain", "--config", *cfg, "--corpus", micro_corpus, "--out", tmp_path / "out", check=False)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1 and "pretrain.curriculum" in lines[0] and "1 to 138 pairs" in lines[0]
+    assert not (tmp_path / "out").exists()
+
+
 def test_ruler_option_that_cannot_fit_fails_before_training(tmp_path, micro_corpus):
     cfg = longer(tmp_path, 40, curriculum=[{"from_step": 0, "length": 192},
                                            {"from_step": 30, "kind": "ruler", "length": 256, "tasks": ["vt"]}])
@@ -367,3 +376,60 @@ def test_warmup_phases_run_in_order_each_until_its_own_gate(tmp_path, micro_corp
     # copy rows 31 tokens, recall rows 33 (BOS + 8 pairs + 8 queries), then the curriculum's 8 steps (batch 4)
     assert summary["tokens"] == 3 * 4 * 31 + 5 * 4 * 33 + 4 * (6 * 192 + 2 * 256)
 
+
+
+def test_recall_with_word_keys_uses_the_needles_keys_and_labels_each_query(micro_corpus):
+    """keys: words -- each key is one of the needles' key words (1-5 sub-word pieces), then ' is:' and its
+    value; the queries ask with the needle question's words, every query's value is labelled where it
+    stands, and the rows (laid out for the longest word) are padded at the end."""
+    from transformers import AutoTokenizer
+    from longrope2.corpus import TokenizedCorpus
+    from longrope2.needles import NeedleBuilder
+    from longrope2.stages.pretrain import recall_batch
+
+    tok = AutoTokenizer.from_pretrained(micro_corpus / "tokenizer")
+    builder = NeedleBuilder(TokenizedCorpus(micro_corpus, "train"), tok, seed=3)
+    words = {tuple(builder.encode(" " + w)): w for w in builder.keys}
+    sep, ask = builder.encode(" is:"), builder.encode(" mentioned in the provided text is")
+    ids, lab = recall_batch(builder, 241, 3, key_tokens=3, separator=" is:",
+                            query=" mentioned in the provided text is", keys="words", pad_id=tok.pad_token_id)
+    assert ids.shape[1] <= 241 and len({len(k) for k in words}) > 1
+    for row, labels in zip(ids.tolist(), lab.tolist()):
+        row = row[: max(i for i, t in enumerate(row) if t != tok.pad_token_id) + 1]  # padding only at the end
+        text, at, context, asked = row[1:], 0, {}, []
+        while at < len(text):  # read pairs, then queries, greedily by the known word keys
+            follows = lambda k, gap: text[at + len(k) : at + len(k) + len(gap)] == gap  # noqa: E731
+            key = next(k for k in sorted(words, key=len, reverse=True)
+                       if tuple(text[at : at + len(k)]) == k and (follows(k, sep) or follows(k, ask)))
+            gap = sep if follows(key, sep) and key not in context else ask
+            value_at = at + len(key) + len(gap)
+            if gap is sep:
+                context[key] = text[value_at]
+            else:
+                asked.append(key)
+                assert labels[1 + value_at] == text[value_at] == context[key]
+            at = value_at + 1
+        assert sorted(asked) == sorted(context) and len(context) >= 2
+        assert sum(t != -100 for t in labels) == len(asked)
+
+
+def test_recall_with_digit_values_labels_every_token_of_a_needle_value(micro_corpus):
+    """values: digits -- each value is a needle's (" " and 7 digits); a query's every value token is
+    labelled, and the value is the one its key's pair holds."""
+    import re
+    from transformers import AutoTokenizer
+    from longrope2.corpus import TokenizedCorpus
+    from longrope2.needles import NeedleBuilder
+    from longrope2.stages.pretrain import recall_batch
+
+    tok = AutoTokenizer.from_pretrained(micro_corpus / "tokenizer")
+    builder = NeedleBuilder(TokenizedCorpus(micro_corpus, "train"), tok, seed=5)
+    ids, lab = recall_batch(builder, 300, 2, separator=" is:", query=" mentioned in the provided text is",
+                            keys="words", pad_id=tok.pad_token_id, values="digits")
+    for row, labels in zip(ids, lab):
+        text = tok.decode(row[row != tok.pad_token_id][1:])
+        context = dict(re.findall(r" (\w+) is: (\d{7})", text))
+        asked = re.findall(r" (\w+) mentioned in the provided text is (\d{7})", text)
+        assert len(context) >= 2 and sorted(k for k, _ in asked) == sorted(context)
+        assert all(context[k] == v for k, v in asked)
+        assert tok.decode(row[labels != -100]) == "".join(" " + v for _, v in asked)

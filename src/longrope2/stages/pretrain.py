@@ -133,7 +133,8 @@ def make_batch(builder: NeedleBuilder, opt: dict, batch_size: int, pad_id: int, 
         return copy_batch(builder, opt["length"], batch_size, opt.get("span", "fixed"), pad_id)
     if opt.get("kind") == "recall":
         return recall_batch(builder, opt["length"], batch_size, opt.get("alphabet"), opt.get("key_tokens", 1),
-                            opt.get("separator", ":"), opt.get("query"))
+                            opt.get("separator", ":"), opt.get("query"), opt.get("keys", "random"), pad_id,
+                            opt.get("values", "token"))
     if opt.get("kind") == "ruler":
         return ruler_batch(ruler_source, opt, batch_size, pad_id, sampler, seen)
     placement, n = opt.get("placement", "uniform"), opt.get("needles", 1)
@@ -199,19 +200,20 @@ def copy_batch(builder: NeedleBuilder, length: int, batch_size: int, span: str =
 
 
 def recall_layout(tok, length: int, key_tokens: int = 1, separator: str = ":",
-                  query: str | None = None) -> tuple[list[int], list[int], int, int, int]:
+                  query: str | None = None, value_tokens: int = 1) -> tuple[list[int], list[int], int, int, int]:
     """A recall row's separator ids, query ids (between a queried key and its value), tokens per pair
     (key, separator, value), tokens per query (key, query text, value) and number of pairs in ``length``
     (BOS, the pairs, then each queried again); one-token keys take no separator. ``query`` None: the
     separator again."""
     sep = [] if key_tokens == 1 else tok(separator, add_special_tokens=False)["input_ids"]
     ask = sep if query is None else tok(query, add_special_tokens=False)["input_ids"]
-    unit, q_unit = key_tokens + len(sep) + 1, key_tokens + len(ask) + 1
+    unit, q_unit = key_tokens + len(sep) + value_tokens, key_tokens + len(ask) + value_tokens
     return sep, ask, unit, q_unit, (length - 1) // (unit + q_unit)
 
 
 def recall_batch(builder: NeedleBuilder, length: int, batch_size: int, alphabet: int | None = None, key_tokens: int = 1,
-                 separator: str = ":", query: str | None = None):
+                 separator: str = ":", query: str | None = None, keys: str = "random", pad_id: int | None = None,
+                 values: str = "token"):
     """Associative recall (MQAR): BOS, key-value pairs of random tokens, then the keys again in another order,
     each followed by its value (labelled). Only matching the queried key (not copying *a* value) lowers the
     loss: the step a base that copies some needle's value is missing.
@@ -221,26 +223,43 @@ def recall_batch(builder: NeedleBuilder, length: int, batch_size: int, alphabet:
     no single key token tells the pairs apart, so the answer position must gather the whole key, as
     multi-key needles (keys of 3-5 shared sub-word pieces) need. ``query``: the text between a queried key
     and its value (e.g. " mentioned in the provided text is", as in a needle's question), so the key must be
-    carried past it to the answer position; default the separator."""
+    carried past it to the answer position; default the separator. ``keys="words"``: the needles' own key
+    words instead (" apple" = " ap" "p" "le": 1-5 sub-word pieces of the corpus's vocabulary, always followed
+    by the separator); rows are laid out for the longest word and padded with ``pad_id`` at the end.
+    ``values="digits"``: each value is a needle's, " " and 7 digits, every token of it labelled in the queries
+    (the first digit stands two tokens after the query's last word, as in a needle's answer)."""
+    words = [tuple(builder.encode(" " + w)) for w in builder.keys] if keys == "words" else None
+    if words:
+        key_tokens = max(map(len, words))
     vocab = 4 + alphabet if alphabet else len(builder.newline)
-    value_top = vocab if key_tokens == 1 else len(builder.newline)
-    sep, ask, unit, q_unit, pairs = recall_layout(builder.tok, length, key_tokens, separator, query)
-    ids = torch.full((batch_size, 1 + (unit + q_unit) * pairs), builder.bos, dtype=torch.long)
+    value_top = vocab if key_tokens == 1 and not words else len(builder.newline)
+    n_value = len(builder.encode(" " + "0" * 7)) if values == "digits" else 1
+    sep, ask, unit, q_unit, pairs = recall_layout(builder.tok, length, key_tokens, separator, query, n_value)
+    padded = words or values == "digits"
+    ids = torch.full((batch_size, 1 + (unit + q_unit) * pairs), pad_id if padded else builder.bos, dtype=torch.long)
     lab = torch.full_like(ids, IGNORE_INDEX)
     for i in range(batch_size):
-        if key_tokens == 1:
-            keys = [(k,) for k in builder.rng.sample(range(4, vocab), pairs)]
+        if words:
+            row_keys = builder.rng.sample(words, pairs)
+        elif key_tokens == 1:
+            row_keys = [(k,) for k in builder.rng.sample(range(4, vocab), pairs)]
         else:
-            keys = []
-            while len(keys) < pairs:  # distinct keys; tokens may repeat across keys
+            row_keys = []
+            while len(row_keys) < pairs:  # distinct keys; tokens may repeat across keys
                 key = tuple(builder.rng.randrange(4, vocab) for _ in range(key_tokens))
-                if key not in keys:
-                    keys.append(key)
-        vals = [builder.rng.randrange(4, value_top) for _ in keys]
+                if key not in row_keys:
+                    row_keys.append(key)
+        if values == "digits":
+            vals = [tuple(builder.encode(" " + builder.values())) for _ in row_keys]
+        else:
+            vals = [(builder.rng.randrange(4, value_top),) for _ in row_keys]
         order = builder.rng.sample(range(pairs), pairs)
-        ids[i, 1:] = torch.tensor([t for j in range(pairs) for t in (*keys[j], *sep, vals[j])]
-                                  + [t for j in order for t in (*keys[j], *ask, vals[j])])
-        lab[i, unit * pairs + q_unit :: q_unit] = torch.tensor([vals[j] for j in order])  # each query's value
+        row = [builder.bos] + [t for j in range(pairs) for t in (*row_keys[j], *sep, *vals[j])]
+        for j in order:  # each query's value is labelled where it stands
+            row += [*row_keys[j], *ask]
+            lab[i, len(row) : len(row) + len(vals[j])] = torch.tensor(vals[j])
+            row += vals[j]
+        ids[i, : len(row)] = torch.tensor(row)
     return ids, lab
 
 
@@ -303,9 +322,17 @@ def run(cfg: dict, out: str, args: argparse.Namespace) -> None:
             for task in option["tasks"]:
                 check.sample(task, option["length"], option.get("max_new_tokens", ANSWER_BUDGET))
             continue
-        if option.get("kind") == "recall":  # distinct keys: at least as many as pairs, all in the vocabulary
+        if option.get("kind") == "recall" and option.get("keys") == "words":  # distinct words: as many as pairs
+            k = max(len(train.encode(" " + w)) for w in train.keys)
+            n_value = len(train.encode(" " + "0" * 7)) if option.get("values") == "digits" else 1
+            pairs = recall_layout(tok, option["length"], k, option.get("separator", ":"), option.get("query"), n_value)[-1]
+            if not 1 <= pairs <= len(train.keys):
+                raise ConfigError(field(option), f"option {option}: keys 'words' lays out {pairs} pairs of keys up "
+                                  f"to {k} tokens; allowed: a length that holds 1 to {len(train.keys)} pairs")
+        elif option.get("kind") == "recall":  # distinct keys: at least as many as pairs, all in the vocabulary
             k, top = option.get("key_tokens", 1), len(train.newline) - 4
-            pairs = recall_layout(tok, option["length"], k, option.get("separator", ":"), option.get("query"))[-1]
+            n_value = len(train.encode(" " + "0" * 7)) if option.get("values") == "digits" else 1
+            pairs = recall_layout(tok, option["length"], k, option.get("separator", ":"), option.get("query"), n_value)[-1]
             least = next(a for a in range(1, top + 1) if a ** k >= pairs)
             if not (pairs >= 1 and least <= option.get("alphabet", top) <= top):
                 raise ConfigError(field(option), f"option {option}: alphabet must hold its {pairs} distinct keys "
