@@ -377,7 +377,6 @@ def test_warmup_phases_run_in_order_each_until_its_own_gate(tmp_path, micro_corp
     assert summary["tokens"] == 3 * 4 * 31 + 5 * 4 * 33 + 4 * (6 * 192 + 2 * 256)
 
 
-
 def test_recall_with_word_keys_uses_the_needles_keys_and_labels_each_query(micro_corpus):
     """keys: words -- each key is one of the needles' key words (1-5 sub-word pieces), then ' is:' and its
     value; the queries ask with the needle question's words, every query's value is labelled where it

@@ -211,6 +211,16 @@ def recall_layout(tok, length: int, key_tokens: int = 1, separator: str = ":",
     return sep, ask, unit, q_unit, (length - 1) // (unit + q_unit)
 
 
+def recall_value_tokens(builder: NeedleBuilder, values: str = "token") -> int:
+    """Tokens of one recall value: 1, or a needle value's (a space and 7 digits) with ``values="digits"``."""
+    return len(builder.encode(" " + "0" * 7)) if values == "digits" else 1
+
+
+def recall_word_keys(builder: NeedleBuilder) -> list[tuple[int, ...]]:
+    """The needles' key words as recall keys, each as the question and the needle tokenize it (leading space)."""
+    return [tuple(builder.encode(" " + w)) for w in builder.keys]
+
+
 def recall_batch(builder: NeedleBuilder, length: int, batch_size: int, alphabet: int | None = None, key_tokens: int = 1,
                  separator: str = ":", query: str | None = None, keys: str = "random", pad_id: int | None = None,
                  values: str = "token"):
@@ -228,12 +238,12 @@ def recall_batch(builder: NeedleBuilder, length: int, batch_size: int, alphabet:
     by the separator); rows are laid out for the longest word and padded with ``pad_id`` at the end.
     ``values="digits"``: each value is a needle's, " " and 7 digits, every token of it labelled in the queries
     (the first digit stands two tokens after the query's last word, as in a needle's answer)."""
-    words = [tuple(builder.encode(" " + w)) for w in builder.keys] if keys == "words" else None
+    words = recall_word_keys(builder) if keys == "words" else None
     if words:
         key_tokens = max(map(len, words))
     vocab = 4 + alphabet if alphabet else len(builder.newline)
     value_top = vocab if key_tokens == 1 and not words else len(builder.newline)
-    n_value = len(builder.encode(" " + "0" * 7)) if values == "digits" else 1
+    n_value = recall_value_tokens(builder, values)
     sep, ask, unit, q_unit, pairs = recall_layout(builder.tok, length, key_tokens, separator, query, n_value)
     padded = words or values == "digits"
     ids = torch.full((batch_size, 1 + (unit + q_unit) * pairs), pad_id if padded else builder.bos, dtype=torch.long)
@@ -323,15 +333,14 @@ def run(cfg: dict, out: str, args: argparse.Namespace) -> None:
                 check.sample(task, option["length"], option.get("max_new_tokens", ANSWER_BUDGET))
             continue
         if option.get("kind") == "recall" and option.get("keys") == "words":  # distinct words: as many as pairs
-            k = max(len(train.encode(" " + w)) for w in train.keys)
-            n_value = len(train.encode(" " + "0" * 7)) if option.get("values") == "digits" else 1
+            k, n_value = max(map(len, recall_word_keys(train))), recall_value_tokens(train, option.get("values", "token"))
             pairs = recall_layout(tok, option["length"], k, option.get("separator", ":"), option.get("query"), n_value)[-1]
             if not 1 <= pairs <= len(train.keys):
                 raise ConfigError(field(option), f"option {option}: keys 'words' lays out {pairs} pairs of keys up "
                                   f"to {k} tokens; allowed: a length that holds 1 to {len(train.keys)} pairs")
         elif option.get("kind") == "recall":  # distinct keys: at least as many as pairs, all in the vocabulary
             k, top = option.get("key_tokens", 1), len(train.newline) - 4
-            n_value = len(train.encode(" " + "0" * 7)) if option.get("values") == "digits" else 1
+            n_value = recall_value_tokens(train, option.get("values", "token"))
             pairs = recall_layout(tok, option["length"], k, option.get("separator", ":"), option.get("query"), n_value)[-1]
             least = next(a for a in range(1, top + 1) if a ** k >= pairs)
             if not (pairs >= 1 and least <= option.get("alphabet", top) <= top):
