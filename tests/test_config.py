@@ -20,7 +20,7 @@ def load_with(tmp_path, override):
 
 def test_default_and_shipped_experiments_validate():
     names = {config.load([REPO / "config/config.yaml", e])["experiment"]["name"] for e in EXPERIMENTS}
-    assert {"smollm2-32k", "smollm2-32k-smoke", "llama3-8b-128k", "phi3-mini-128k", "paper", "needle-recall"} <= names
+    assert {"smollm2-32k", "smollm2-32k-smoke", "llama3-8b-128k", "phi3-mini-128k", "paper", "copy-only"} <= names
     cfg = config.load([REPO / "config/config.yaml"])
     assert cfg["experiment"]["name"] == "scale" and cfg["extension"]["target_length"] > cfg["model"]["geometry"]["original_length"]
 
