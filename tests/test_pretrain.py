@@ -71,8 +71,8 @@ def test_pretrain_writes_loadable_model_and_curve(tmp_path, micro_corpus):
     shares = [list(map(float, r.split(",")[2:])) for r in rows[1:]]
     assert abs(sum(c for c, _ in shares) - 1) < 1e-3 and abs(sum(p for _, p in shares) - 1) < 1e-3
     d = summary["distances"]
-    # 12 batches of 4 rows, one needle each, but for the one batch (seeded) drawn from the recall option:
-    # recall rows place no needle
+    # one question-to-needle distance per row: 12 batches of 4 rows, less the one batch (seeded) drawn from
+    # the recall option, whose rows place no needle
     assert d["pretraining"]["n"] == 11 * 4 and d["corpus"]["n"] > 1000 and d["corpus"]["median"] < 256
     assert not list((tmp_path / "ckpt").glob("step-*.pt"))  # removed after a completed run
 
