@@ -20,7 +20,7 @@ def load_with(tmp_path, override):
 
 def test_default_and_shipped_experiments_validate():
     names = {config.load([REPO / "config/config.yaml", e])["experiment"]["name"] for e in EXPERIMENTS}
-    assert {"smollm2-32k", "smollm2-32k-smoke", "llama3-8b-128k", "phi3-mini-128k", "paper", "copy-only"} <= names
+    assert {"smollm2-32k", "smollm2-32k-smoke", "llama3-8b-128k", "phi3-mini-128k", "paper", "copy-only", "needle-recall"} <= names
     cfg = config.load([REPO / "config/config.yaml"])
     assert cfg["experiment"]["name"] == "scale" and cfg["extension"]["target_length"] > cfg["model"]["geometry"]["original_length"]
 
@@ -43,7 +43,7 @@ def test_default_and_shipped_experiments_validate():
         ({"pretrain": {"warmup": {"kind": "recall", "keys": "emoji", "length": 64, "until_loss": 0.3, "max_steps": 10}}},
          "pretrain.warmup.keys", "allowed: random, words"),
         ({"pretrain": {"curriculum": [{"from_step": 0, "kind": "recall", "length": 64, "values": "hex"}]}},
-         "pretrain.curriculum.0.values", "allowed: token, digits"),
+         "pretrain.curriculum.0.values", "allowed: token, digits, uuid"),
         ({"pretrain": {"warmup": [{"kind": "copy", "length": 64, "until_loss": 0.05, "max_steps": 10},
                                   {"kind": "sort", "length": 64, "until_loss": 0.05, "max_steps": 10}]}},
          "pretrain.warmup.1.kind", "allowed: copy, recall"),  # a phase of a list is checked like a single one

@@ -415,9 +415,14 @@ def test_recall_with_word_keys_uses_the_needles_keys_and_labels_each_query(micro
         assert sum(t != -100 for t in labels) == len(asked)
 
 
-def test_recall_with_digit_values_labels_every_token_of_a_needle_value(micro_corpus):
-    """values: digits -- each value is a needle's (" " and 7 digits); a query's every value token is
-    labelled, and the value is the one its key's pair holds."""
+@pytest.mark.parametrize("values, pattern", [
+    ("digits", r"\d{7}"),
+    ("uuid", r"[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}"),
+])
+def test_recall_value_kinds_label_every_token_of_the_value(micro_corpus, values, pattern):
+    """values: digits -- a needle's value (" " and 7 digits); uuid -- a UUID4 as RULER's niah_single_3 hides
+    one (its own generator). A query's every value token is labelled, and the value is the one its key's pair
+    holds; rows are laid out for the longest value (37 tokens for a UUID) and padded at the end."""
     import re
     from transformers import AutoTokenizer
     from longrope2.corpus import TokenizedCorpus
@@ -426,12 +431,14 @@ def test_recall_with_digit_values_labels_every_token_of_a_needle_value(micro_cor
 
     tok = AutoTokenizer.from_pretrained(micro_corpus / "tokenizer")
     builder = NeedleBuilder(TokenizedCorpus(micro_corpus, "train"), tok, seed=5)
-    ids, lab = recall_batch(builder, 300, 2, separator=" is:", query=" mentioned in the provided text is",
-                            keys="words", pad_id=tok.pad_token_id, values="digits")
+    ids, lab = recall_batch(builder, 300, 3, separator=" is:", query=" mentioned in the provided text is",
+                            keys="words", pad_id=tok.pad_token_id, values=values)
     for row, labels in zip(ids, lab):
         text = tok.decode(row[row != tok.pad_token_id][1:])
-        context = dict(re.findall(r" (\w+) is: (\d{7})", text))
-        asked = re.findall(r" (\w+) mentioned in the provided text is (\d{7})", text)
+        context = dict(re.findall(rf" (\w+) is: ({pattern})", text))
+        asked = re.findall(rf" (\w+) mentioned in the provided text is ({pattern})", text)
         assert len(context) >= 2 and sorted(k for k, _ in asked) == sorted(context)
         assert all(context[k] == v for k, v in asked)
         assert tok.decode(row[labels != -100]) == "".join(" " + v for _, v in asked)
+    if values == "uuid":
+        assert (ids == tok.pad_token_id).any()  # UUIDs tokenize to fewer than 37 tokens

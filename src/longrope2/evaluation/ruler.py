@@ -370,7 +370,7 @@ def _cwe_vocabulary() -> tuple[str, ...]:
     return tuple(sorted(set(_word_list("nounlist")) | set(_word_list("adjectivelist")) | set(_word_list("verblist"))))
 
 
-def _random_needle(kind: str, rng: random.Random) -> str:
+def random_needle(kind: str, rng: random.Random) -> str:
     """A key or value of NVIDIA's kinds: adjective-noun words, 7-digit numbers, or UUID4s."""
     if kind == "numbers":
         return str(rng.randint(10**6, 10**7 - 1))
@@ -436,8 +436,8 @@ def _niah_problem(spec: Task, tokens: _Tokens, rng: random.Random, depth: float,
                   essay: _Pieces | None) -> _Problem:
     """Needles "One of the special magic {values} for {key} is: {value}." in a haystack; the first
     queried needle sits at ``depth``, the others at random depths."""
-    keys = _distinct(lambda: _random_needle(spec.key_kind, rng), spec.num_keys)
-    values = _distinct(lambda: _random_needle(spec.value_kind, rng), spec.num_keys * spec.num_values)
+    keys = _distinct(lambda: random_needle(spec.key_kind, rng), spec.num_keys)
+    values = _distinct(lambda: random_needle(spec.value_kind, rng), spec.num_keys * spec.num_values)
     values_of = [values[i * spec.num_values : (i + 1) * spec.num_values] for i in range(spec.num_keys)]
     queried = rng.sample(range(spec.num_keys), spec.num_queries)
     answers = [value for i in queried for value in values_of[i]]
@@ -467,8 +467,8 @@ def _niah_problem(spec: Task, tokens: _Tokens, rng: random.Random, depth: float,
         real_keys = set(keys)
 
         def distractor(_: int) -> str:
-            key = _distinct(lambda: _random_needle(spec.key_kind, distractor_rng), 1, real_keys)[0]
-            value = _random_needle(spec.value_kind, distractor_rng)
+            key = _distinct(lambda: random_needle(spec.key_kind, distractor_rng), 1, real_keys)[0]
+            value = random_needle(spec.value_kind, distractor_rng)
             return "\n" + NEEDLE.format(type_needle_v=spec.value_kind, key=key, value=value)
 
         haystack = _Pieces(tokens, distractor)

@@ -211,9 +211,26 @@ def recall_layout(tok, length: int, key_tokens: int = 1, separator: str = ":",
     return sep, ask, unit, q_unit, (length - 1) // (unit + q_unit)
 
 
+#: characters of a UUID4 value (8-4-4-4-12 hex digits), as RULER's niah_single_3 and niah_multikey_3 ask for
+UUID_CHARS = 36
+
+
 def recall_value_tokens(builder: NeedleBuilder, values: str = "token") -> int:
-    """Tokens of one recall value: 1, or a needle value's (a space and 7 digits) with ``values="digits"``."""
+    """Tokens of one recall value: 1, a needle value's (a space and 7 digits) with ``values="digits"``, or at
+    most a space and 36 characters with ``values="uuid"`` (a byte-level BPE never makes more tokens than
+    ASCII characters; shorter values leave padding at the row's end)."""
+    if values == "uuid":
+        return 1 + UUID_CHARS
     return len(builder.encode(" " + "0" * 7)) if values == "digits" else 1
+
+
+def recall_values(builder: NeedleBuilder, values: str, n: int, top: int) -> list[tuple[int, ...]]:
+    """``n`` recall values: random tokens below ``top``, needle values, or RULER's UUID4s (its own generator)."""
+    if values == "digits":
+        return [tuple(builder.encode(" " + builder.values())) for _ in range(n)]
+    if values == "uuid":
+        return [tuple(builder.encode(" " + ruler.random_needle("uuids", builder.rng))) for _ in range(n)]
+    return [(builder.rng.randrange(4, top),) for _ in range(n)]
 
 
 def recall_word_keys(builder: NeedleBuilder) -> list[tuple[int, ...]]:
@@ -237,7 +254,9 @@ def recall_batch(builder: NeedleBuilder, length: int, batch_size: int, alphabet:
     words instead (" apple" = " ap" "p" "le": 1-5 sub-word pieces of the corpus's vocabulary, always followed
     by the separator); rows are laid out for the longest word and padded with ``pad_id`` at the end.
     ``values="digits"``: each value is a needle's, " " and 7 digits, every token of it labelled in the queries
-    (the first digit stands two tokens after the query's last word, as in a needle's answer)."""
+    (the first digit stands two tokens after the query's last word, as in a needle's answer);
+    ``values="uuid"``: a UUID4 as RULER's niah_single_3 hides one -- ~35 tokens to copy in order, where a base
+    that starts the right value drifts into another's."""
     words = recall_word_keys(builder) if keys == "words" else None
     if words:
         key_tokens = max(map(len, words))
@@ -245,7 +264,7 @@ def recall_batch(builder: NeedleBuilder, length: int, batch_size: int, alphabet:
     value_top = vocab if key_tokens == 1 and not words else len(builder.newline)
     n_value = recall_value_tokens(builder, values)
     sep, ask, unit, q_unit, pairs = recall_layout(builder.tok, length, key_tokens, separator, query, n_value)
-    padded = words or values == "digits"
+    padded = words or values != "token"
     ids = torch.full((batch_size, 1 + (unit + q_unit) * pairs), pad_id if padded else builder.bos, dtype=torch.long)
     lab = torch.full_like(ids, IGNORE_INDEX)
     for i in range(batch_size):
@@ -259,10 +278,7 @@ def recall_batch(builder: NeedleBuilder, length: int, batch_size: int, alphabet:
                 key = tuple(builder.rng.randrange(4, vocab) for _ in range(key_tokens))
                 if key not in row_keys:
                     row_keys.append(key)
-        if values == "digits":
-            vals = [tuple(builder.encode(" " + builder.values())) for _ in row_keys]
-        else:
-            vals = [(builder.rng.randrange(4, value_top),) for _ in row_keys]
+        vals = recall_values(builder, values, len(row_keys), value_top)
         order = builder.rng.sample(range(pairs), pairs)
         row = [builder.bos] + [t for j in range(pairs) for t in (*row_keys[j], *sep, *vals[j])]
         for j in order:  # each query's value is labelled where it stands
