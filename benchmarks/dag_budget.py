@@ -11,7 +11,7 @@ a job started at finished - wall. With ``--log`` (the Snakemake log of the run) 
 finished while that run was going count, and its own elapsed time is reported beside the span of its jobs:
 a table rebuilt by hand afterwards does not stretch the run. Without it every manifest of the experiment
 counts, whenever it was written. Snakemake's ``benchmark:`` files (``benchmarks/runs/<experiment>/<job>.tsv``) give each job's peak
-RSS. Per stage: jobs, summed and longest job seconds, peak RSS. A manifest written by hand outside
+RSS (with ``--log``, those written during the run). Per stage: jobs, summed and longest job seconds, peak RSS. A manifest written by hand outside
 Snakemake has no benchmark row: its RSS is missing, not zero.
 """
 
@@ -23,7 +23,7 @@ import json
 import platform
 import re
 from collections import defaultdict
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 from longrope2.artifacts import cpu_model
@@ -45,10 +45,13 @@ def run_window(log: Path) -> tuple[datetime, datetime, float | None]:
     return start, end + timedelta(seconds=1), seconds
 
 
-def peak_rss(bench_dir: Path) -> dict[str, float]:
-    """max_rss (MB) of every benchmark file, by job name (the file's stem)."""
+def peak_rss(bench_dir: Path, window: tuple[datetime, datetime] | None = None) -> dict[str, float]:
+    """max_rss (MB) of every benchmark file, by job name (the file's stem); with ``window`` (UTC) only the
+    files written in it: a job the run did not execute keeps an earlier run's file."""
     out = {}
     for tsv in sorted(bench_dir.glob("*.tsv")):
+        if window and not window[0] <= datetime.fromtimestamp(tsv.stat().st_mtime, timezone.utc).replace(tzinfo=None) <= window[1]:
+            continue
         with tsv.open() as f:
             rows = list(csv.DictReader(f, delimiter="\t"))
         if rows and rows[-1].get("max_rss") not in (None, "", "NA", "-"):
@@ -72,18 +75,19 @@ def main() -> None:
         end = finished(d["finished_at"])
         jobs.append({"stage": d["stage"], "wall_s": d["wall_time_s"],
                      "start": end - timedelta(seconds=d["wall_time_s"]), "end": end, "device": d.get("device", {})})
-    elapsed = None
+    elapsed, window = None, None
     if args.log:
         # the log's stamps are local time, the manifests' UTC: the machine's offset converts them
         lo, hi, elapsed = run_window(args.log)
         offset = datetime.now().astimezone().utcoffset()
         lo, hi = lo - offset - timedelta(seconds=1), hi - offset
         jobs = [j for j in jobs if lo <= j["end"] <= hi]
+        window = (lo, hi)
     if not jobs:
         raise SystemExit(f"no manifests under {', '.join(map(str, roots))}" + (f" written during {args.log}" if args.log else "") + ": run the DAG first")
     several = len(args.experiment) > 1  # job names then carry their experiment
     rss = {f"{e}/{job}" if several else job: mb
-           for e in args.experiment for job, mb in peak_rss(Path("benchmarks") / "runs" / e).items()}
+           for e in args.experiment for job, mb in peak_rss(Path("benchmarks") / "runs" / e, window).items()}
     stages: dict[str, dict] = defaultdict(lambda: {"jobs": 0, "sum_s": 0.0, "max_s": 0.0})
     for j in jobs:
         s = stages[j["stage"]]
