@@ -150,7 +150,7 @@ CASES = {
     "unknown-key": (config_case("extension: {target: 2048}\n"), "extension.target: ", "unknown key; allowed keys here"),
     "unknown-method": (config_case("extension: {methods: [pi, alibi]}\n"), "extension.methods.1: ", "allowed: pi,"),
     "finetune-method-not-built": (config_case("extension: {methods: [pi, longrope2]}\nfinetune: {methods: [yarn]}\n"),
-                                  "finetune.methods.0: ", "does not build; allowed: pi, ntk_rcd"),
+                                  "finetune.methods.0: ", "does not build; allowed: pi, longrope, longrope2 "),
     "unknown-search": (config_case("search: {methods: [longrope2, longrope3]}\n"), "search.methods.1: ",
                        "allowed: longrope, longrope2"),
     "negative-seed": (config_case("experiment: {seed: -1}\n"), "experiment.seed: ", "must be minimum 0"),

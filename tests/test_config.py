@@ -85,6 +85,22 @@ def test_ruler_training_free_rows_keep_the_base(tmp_path):
     assert methods.ruler_training_free(every) == methods.training_free(every)
 
 
+def test_default_is_lean_and_the_paper_experiment_adds_every_ablation(tmp_path):
+    """The default's rows answer the four findings; the rcd baselines and the all-pairs search are the paper
+    experiment's (and any experiment's that leaves extension.rcd_baselines at its schema default)."""
+    from longrope2 import methods
+
+    default = config.load([REPO / "config/config.yaml"])
+    assert methods.training_free(default) == ["none", "pi", "ntk", "yarn", "longrope", "longrope2", "longrope2_plain_ppl"]
+    paper = config.load([REPO / "config/config.yaml", REPO / "config/experiments/paper.yaml"])
+    assert methods.training_free(paper) == ["none", "pi", "ntk", "yarn", "ntk_rcd", "yarn_rcd", "longrope", "longrope2",
+                                            "longrope2_plain_ppl", "longrope2_all_pairs"]
+    assert set(methods.training_free(load_with(tmp_path, {"extension": {"rcd_baselines": True}}))) \
+        - set(methods.training_free(default)) == {"ntk_rcd", "yarn_rcd"}
+    with pytest.raises(ConfigError, match="extension.rcd_baselines"):
+        load_with(tmp_path, {"extension": {"rcd_baselines": "yes"}})
+
+
 def test_pretrain_warmup_is_optional_and_null_turns_it_off(tmp_path):
     """A warm-up gets its window default; null (a later file's way to drop an earlier file's warm-up) means none."""
     warm = {"kind": "copy", "span": "varied", "length": 64, "until_loss": 0.05, "max_steps": 10}

@@ -66,7 +66,7 @@ EXTENSION_METHODS = [n for n, m in REGISTRY.items() if m.kind != "original" and 
 SEARCHED_METHODS = [n for n, m in REGISTRY.items() if m.searched]
 #: baselines computed from the geometry alone (stage 1 draws their factor curves)
 GEOMETRY_BASELINES = [n for n, m in REGISTRY.items() if m.kind == "baseline"]
-#: rcd baselines are always compared: they show what the searched d_rcd alone buys
+#: rcd baselines show what the searched d_rcd alone buys (compared unless ``extension.rcd_baselines`` is false)
 RCD_BASELINES = [n for n, m in REGISTRY.items() if m.needs_d_rcd]
 #: the method that evaluates a checkpoint's own rope parameters (``extension.as_is`` names the checkpoint)
 AS_IS = "as_is"
@@ -83,7 +83,8 @@ def get(name: str) -> Method:
 def training_free(cfg: Mapping) -> list[str]:
     """Rows of the training-free table: original RoPE, the configured methods, the rcd baselines and every
     searched method (ablations included), in registry order."""
-    wanted = {"none", *cfg["extension"]["methods"], *RCD_BASELINES, *cfg["search"]["methods"]}
+    rcd = RCD_BASELINES if cfg["extension"].get("rcd_baselines", True) else []
+    wanted = {"none", *cfg["extension"]["methods"], *rcd, *cfg["search"]["methods"]}
     return [n for n in REGISTRY if n in wanted]
 
 
