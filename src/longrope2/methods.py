@@ -83,7 +83,7 @@ def get(name: str) -> Method:
 def training_free(cfg: Mapping) -> list[str]:
     """Rows of the training-free table: original RoPE, the configured methods, the rcd baselines and every
     searched method (ablations included), in registry order."""
-    rcd = RCD_BASELINES if cfg["extension"].get("rcd_baselines", True) else []
+    rcd = RCD_BASELINES if cfg["extension"]["rcd_baselines"] else []
     wanted = {"none", *cfg["extension"]["methods"], *rcd, *cfg["search"]["methods"]}
     return [n for n in REGISTRY if n in wanted]
 
