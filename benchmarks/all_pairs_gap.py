@@ -5,20 +5,22 @@ LongRoPE2's, pairs >= d_rcd take factors in [s, 2s] and pairs below follow NTK a
 the ablation's every pair is free in [1, 2s]. For one experiment's results this scores, on the search set
 and on the held-out set (per sample, paired), these factor vectors:
 
-- ``longrope2`` and ``all_pairs``: the two searches' best candidates, as written by the search stage;
+- ``longrope2`` and ``all_pairs``: the two searches' best candidates, as written by the search stage
+  (``--other`` names another searched method to compare with, e.g. ``longrope``; its rows take its name);
 - ``all_pairs_low+longrope2_high``: the ablation's factors below LongRoPE2's d_rcd, LongRoPE2's above
   (LongRoPE2 with its NTK fill replaced);
 - ``all_pairs_high>=s``: the ablation's candidate with the pairs >= LongRoPE2's d_rcd raised into [s, 2s]
   (the bound alone, no NTK fill);
 - ``longrope2_space_nearest``: the point of LongRoPE2's space closest to the ablation's candidate (its
   pairs >= d clipped into [s, 2s], NTK fill below), best on the search set over every d in [d10_tcd, d_tcd];
-- ``longrope2_budget_x<k>``: LongRoPE2's search rerun with k times the generations (same seed and config);
+- ``longrope2_budget_x<k>``: LongRoPE2's search rerun with k times the generations (same seed and config:
+  its first generations repeat the stage's, and with k = 1 its best is the stage's);
 - references (``yarn``, ``ntk``).
 
 If the in-space points stay where LongRoPE2's best is while leaving the NTK fill out recovers the
 ablation's score, the space is the cause; if a longer search closes the gap, the budget is.
 
-    python benchmarks/all_pairs_gap.py --results results/paper-seed1234 --out benchmarks/all_pairs_gap_seed1234.json
+    python benchmarks/all_pairs_gap.py --results results/paper-seed1234 --out benchmarks/all_pairs_gap_machine-d_seed1234.json
 """
 
 from __future__ import annotations
@@ -26,7 +28,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import platform
 import sys
 import tempfile
 import time
@@ -40,7 +41,8 @@ from _variants import emit  # noqa: E402
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--results", type=Path, required=True, help="an experiment's results folder (searched with the all-pairs ablation)")
+    ap.add_argument("--results", type=Path, required=True, help="an experiment's results folder (searched with --other too)")
+    ap.add_argument("--other", default="longrope2_all_pairs", help="the searched method LongRoPE2 is compared with")
     ap.add_argument("--budget-multiple", type=int, default=4, help="generations of the longer LongRoPE2 search, as a multiple")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", type=Path)
@@ -48,7 +50,7 @@ def main() -> None:
 
     import torch
 
-    from longrope2 import models, rope, stats
+    from longrope2 import artifacts, models, rope, stats
     from longrope2.checkpoints import GenerationLog
     from longrope2.needles import load_set
     from longrope2.scoring import Evaluator
@@ -63,8 +65,9 @@ def main() -> None:
     geom, target = rope.RopeGeometry.from_mapping(cfg["model"]["geometry"]), cfg["extension"]["target_length"]
     s = rope.scale_factor(geom, target)
     lr2 = json.loads((search_dir / "longrope2" / "factors.json").read_text())
-    allp = json.loads((search_dir / "longrope2_all_pairs" / "factors.json").read_text())
-    a, b, d_a = np.asarray(lr2["long_factor"]), np.asarray(allp["long_factor"]), int(lr2["d_rcd"])
+    other = json.loads((search_dir / args.other / "factors.json").read_text())
+    a, b, d_a = np.asarray(lr2["long_factor"]), np.asarray(other["long_factor"]), int(lr2["d_rcd"])
+    o = "all_pairs" if args.other == "longrope2_all_pairs" else args.other  # the JSON's names for it
 
     model, _ = models.load_pretrained(args.results / "base_model" / "model")
     sets = {name: load_set(args.results / "needles" / f"{name}_needle.npz") for name in ("search", "heldout")}
@@ -73,9 +76,9 @@ def main() -> None:
 
     candidates = {
         "longrope2": rope.longrope2(geom, target, d_a, a[d_a:]),
-        "all_pairs": rope.longrope(geom, target, b),
-        "all_pairs_low+longrope2_high": rope.longrope(geom, target, np.concatenate([b[:d_a], a[d_a:]])),
-        "all_pairs_high>=s": rope.longrope(geom, target, np.concatenate([b[:d_a], np.clip(b[d_a:], s, 2 * s)])),
+        o: rope.longrope(geom, target, b),
+        f"{o}_low+longrope2_high": rope.longrope(geom, target, np.concatenate([b[:d_a], a[d_a:]])),
+        f"{o}_high>=s": rope.longrope(geom, target, np.concatenate([b[:d_a], np.clip(b[d_a:], s, 2 * s)])),
         "yarn": rope.yarn(geom, target),
         "ntk": rope.ntk(geom, target),
     }
@@ -104,15 +107,14 @@ def main() -> None:
 
     scores = {name: {k: ev.per_sample(sc_) for k, ev in evals.items()} for name, sc_ in candidates.items()}
     result = {
-        "results": str(args.results), "seed": seed, "machine": {"cpu": platform.processor() or platform.machine(),
-                                                                "avx512": "avx512f" in Path("/proc/cpuinfo").read_text()},
+        "results": str(args.results), "other": args.other, "seed": seed, "machine": artifacts.device_description(),
         "scale_factor": s, "d_tcd": rope.critical_dim(geom), "d10_tcd": rope.critical_dim_10(geom),
         "longrope2_d_rcd": d_a, "nearest_d_rcd": d_near,
         "nearest_by_d_rcd_search_ppl": {str(d): math.exp(v[1]) for d, v in nearest.items()},
         "budget_search": budget,
         # the ablation's candidate lies outside LongRoPE2's space where it is below the least factor any
-        # point of that space gives a pair: s ** (i / d_tcd) below d_rcd (NTK fill), s from d_rcd on
-        "all_pairs_below_space_floor": [int(i) for i in np.flatnonzero(
+        # point of that space gives a pair: s ** (i / d_tcd) below d_tcd (NTK fill at d_rcd = d_tcd), s from there
+        f"{o}_below_space_floor": [int(i) for i in np.flatnonzero(
             b < np.minimum(s ** (np.arange(geom.n_pairs) / rope.critical_dim(geom)), s) - 1e-9)],
         "candidates": {},
     }

@@ -143,6 +143,36 @@ def test_search_stage_outputs(micro_run):
             assert ref["agree"] == (lo_hi[0]["lo"] <= lo_hi[1]["hi"] and lo_hi[1]["lo"] <= lo_hi[0]["hi"])
 
 
+def test_all_pairs_gap_benchmark_scores_the_stages_own_candidates(micro_run):
+    """benchmarks/all_pairs_gap.py: rerun at the stage's budget, LongRoPE2's search finds the stage's best;
+    its LongRoPE2 row is the stage's held-out check; the spliced row is the other method's factors below
+    d_rcd and LongRoPE2's above; the nearest in-space point is sought over every d_rcd the search explores."""
+    import subprocess
+    import sys
+
+    import numpy as np
+
+    res, out = micro_run / "results/micro", micro_run / "all_pairs_gap.json"
+    threads = json.loads((res / "search/longrope2/manifest.json").read_text())["device"]["torch_threads"]
+    proc = subprocess.run([sys.executable, str(REPO / "benchmarks/all_pairs_gap.py"), "--results", str(res),
+                           "--other", "longrope", "--budget-multiple", "1", "--threads", str(threads), "--out", str(out)],
+                          cwd=micro_run, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    gap = json.loads(out.read_text())
+    lr2 = json.loads((res / "search/longrope2/factors.json").read_text())
+    v1 = json.loads((res / "search/longrope/factors.json").read_text())
+    rows, d = gap["candidates"], lr2["d_rcd"]
+    np.testing.assert_allclose(rows["longrope2_budget_x1"]["long_factor"], lr2["long_factor"], atol=1e-4)
+    assert gap["budget_search"]["d_rcd"] == d
+    assert rows["longrope2"]["heldout"]["ppl"]["estimate"] == pytest.approx(
+        lr2["best_on_heldout"]["heldout"]["ppl"]["estimate"], rel=1e-6)
+    assert rows["longrope2"]["heldout"]["minus_longrope2"]["estimate"] == 0
+    np.testing.assert_allclose(rows["longrope_low+longrope2_high"]["long_factor"],
+                               v1["long_factor"][:d] + lr2["long_factor"][d:], atol=1e-4)
+    assert set(gap["nearest_by_d_rcd_search_ppl"]) == {str(x) for x in range(gap["d10_tcd"], gap["d_tcd"] + 1)}
+    assert gap["machine"]["cpu_capability"]
+
+
 def test_every_file_a_job_writes_is_declared(micro_run):
     """Files under results/ are declared outputs, Snakemake's markers, or resumable state in .checkpoints."""
     summary = snakemake("--configfile", MICRO, "--summary", cwd=micro_run)
