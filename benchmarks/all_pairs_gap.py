@@ -85,8 +85,8 @@ def main() -> None:
     # the nearest in-space point to the ablation's candidate, for each d_rcd the search explores
     nearest = {}
     for d in space.strata:
-        cand = space.make(d, b[d:])
-        nearest[d] = (space.scaling(cand), evals["search"](space.scaling(cand))[0])
+        scaling = space.scaling(space.make(d, b[d:]))
+        nearest[d] = (scaling, evals["search"](scaling)[0])
     d_near = min(nearest, key=lambda d: nearest[d][1])
     candidates["longrope2_space_nearest"] = nearest[d_near][0]
 
@@ -105,17 +105,18 @@ def main() -> None:
               # per generation: the first ones should repeat the stage's trace.csv (same seed)
               "best_needle_ppl_by_generation": [round(math.exp(g["best_nll"]), 6) for g in longer.trace]}
 
+    # the least factor any point of LongRoPE2's space gives each pair: the NTK fill anchored at s from d_tcd
+    d_tcd = rope.critical_dim(geom)
+    floor = np.concatenate([rope.ntk_below(geom, d_tcd, s), np.full(geom.n_pairs - d_tcd, s)])
     scores = {name: {k: ev.per_sample(sc_) for k, ev in evals.items()} for name, sc_ in candidates.items()}
     result = {
         "results": str(args.results), "other": args.other, "seed": seed, "machine": artifacts.device_description(),
-        "scale_factor": s, "d_tcd": rope.critical_dim(geom), "d10_tcd": rope.critical_dim_10(geom),
+        "scale_factor": s, "d_tcd": d_tcd, "d10_tcd": rope.critical_dim_10(geom),
         "longrope2_d_rcd": d_a, "nearest_d_rcd": d_near,
         "nearest_by_d_rcd_search_ppl": {str(d): math.exp(v[1]) for d, v in nearest.items()},
         "budget_search": budget,
-        # the ablation's candidate lies outside LongRoPE2's space where it is below the least factor any
-        # point of that space gives a pair: s ** (i / d_tcd) below d_tcd (NTK fill at d_rcd = d_tcd), s from there
-        f"{o}_below_space_floor": [int(i) for i in np.flatnonzero(
-            b < np.minimum(s ** (np.arange(geom.n_pairs) / rope.critical_dim(geom)), s) - 1e-9)],
+        # the pairs where the other candidate lies outside LongRoPE2's space, below its floor
+        f"{o}_below_space_floor": [int(i) for i in np.flatnonzero(b < floor - 1e-9)],
         "candidates": {},
     }
     for name, by_set in scores.items():

@@ -166,11 +166,16 @@ def test_all_pairs_gap_benchmark_scores_the_stages_own_candidates(micro_run):
     assert gap["budget_search"]["d_rcd"] == d
     assert rows["longrope2"]["heldout"]["ppl"]["estimate"] == pytest.approx(
         lr2["best_on_heldout"]["heldout"]["ppl"]["estimate"], rel=1e-6)
-    assert rows["longrope2"]["heldout"]["minus_longrope2"]["estimate"] == 0
+    np.testing.assert_allclose(rows["longrope2"]["long_factor"], lr2["long_factor"], atol=1e-4)
+    assert rows["longrope2"]["search"]["ppl"]["estimate"] == pytest.approx(
+        lr2["best_on_heldout"]["search_set"]["ppl"]["estimate"], rel=1e-6)
     np.testing.assert_allclose(rows["longrope_low+longrope2_high"]["long_factor"],
                                v1["long_factor"][:d] + lr2["long_factor"][d:], atol=1e-4)
     assert set(gap["nearest_by_d_rcd_search_ppl"]) == {str(x) for x in range(gap["d10_tcd"], gap["d_tcd"] + 1)}
-    assert gap["machine"]["cpu_capability"]
+    # pairs below the floor of LongRoPE2's space: the NTK fill anchored at s from d_tcd, s from there on
+    s, d_tcd, b = gap["scale_factor"], gap["d_tcd"], np.asarray(v1["long_factor"])
+    floor = [s ** (i / d_tcd) if i < d_tcd else s for i in range(len(b))]
+    assert gap["longrope_below_space_floor"] == [i for i in range(len(b)) if b[i] < floor[i] - 1e-9]
 
 
 def test_every_file_a_job_writes_is_declared(micro_run):
